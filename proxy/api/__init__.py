@@ -1,0 +1,1 @@
+"""HTTP handlers: parse, call the core, shape the response. No business rules here."""

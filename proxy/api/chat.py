@@ -1,0 +1,80 @@
+"""`POST /v1/chat/completions`: body -> Context -> pipeline -> JSON or SSE response."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from proxy.accounting import ledger_entry
+from proxy.api.validate import parse_json_object, validate_chat_request
+from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
+from proxy.errors import PermissionDenied, ProxyError
+from proxy.pipeline.core import Context, Reply
+
+log = logging.getLogger("proxy.chat")
+
+
+def reply_headers(ctx: Context, reply: Reply) -> dict[str, str]:
+    """Response headers: upstream's passed ones plus the proxy's x-proxy-* view."""
+    headers = dict(reply.headers)
+    headers["x-request-id"] = ctx.request_id
+    headers["x-proxy-request-id"] = ctx.request_id
+    headers["x-proxy-stage"] = reply.stage
+    headers["x-proxy-model"] = reply.model or ctx.model
+    return headers
+
+
+def build_context(request: web.Request, raw: bytes) -> Context:
+    """Parse and validate the body into a Context for the requesting tenant."""
+    tenant = tenant_of(request)
+    body = parse_json_object(raw)
+    validate_chat_request(body)
+    if not tenant.may_use(body["model"]):
+        raise PermissionDenied(f"This key may not use the model '{body['model']}'.",
+                               param="model", code="model_not_allowed")
+    return Context(request_id=request_id(request), tenant=tenant, body=body, raw=raw,
+                   headers=request.headers)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """Answer a chat completion through the pipeline."""
+    services = request.app[SERVICES]
+    ctx = build_context(request, await request.read())
+    reply: Reply | None = None
+    try:
+        reply = await request.app[PIPELINE].current(ctx)
+    except ProxyError as exc:
+        services.ledger.record(ledger_entry(ctx, None, services.prices, status=exc.status,
+                                            error=exc.message))
+        raise
+    if not reply.is_stream:
+        services.ledger.record(ledger_entry(ctx, reply, services.prices, status=reply.status))
+        return web.Response(status=reply.status, body=reply.body,
+                            headers=reply_headers(ctx, reply),
+                            content_type=None if "Content-Type" in reply.headers
+                            else "application/json")
+    return await _stream(request, ctx, reply)
+
+
+async def _stream(request: web.Request, ctx: Context, reply: Reply) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    headers = reply_headers(ctx, reply)
+    headers.update({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    resp = web.StreamResponse(status=reply.status, headers=headers)
+    status = reply.status
+    chunks = reply.chunks
+    assert chunks is not None
+    try:
+        await resp.prepare(request)
+        async for chunk in chunks:
+            await resp.write(chunk)
+        await resp.write_eof()
+    except (ConnectionResetError, asyncio.CancelledError):
+        status = 499  # client went away; nothing is billed twice, the upstream is released
+        raise
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+        services.ledger.record(ledger_entry(ctx, reply, services.prices, status=status))
+    return resp

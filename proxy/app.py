@@ -1,0 +1,125 @@
+"""The aiohttp application: routes, middlewares, and the resources' lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from proxy import tokens
+from proxy.api import admin, chat, models
+from proxy.app_keys import PIPELINE, REQUEST_ID, SERVICES, TENANT
+from proxy.auth import KeyRing
+from proxy.config import Config
+from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
+from proxy.pipeline.registry import PipelineHolder
+from proxy.pricing import PriceTable
+from proxy.services import Services
+from proxy.store.ledger import Ledger
+from proxy.store.sqlite import open_db
+from proxy.upstream.client import UpstreamClient
+from proxy.upstream.terminal import UpstreamTerminal
+
+log = logging.getLogger("proxy")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/dashboard"})
+
+
+def _error_response(exc: ProxyError, request_id: str) -> web.Response:
+    headers = {**exc.headers, "x-request-id": request_id, "x-proxy-request-id": request_id}
+    return web.Response(status=exc.status, body=exc.to_json(), headers=headers,
+                        content_type="application/json")
+
+
+@web.middleware
+async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request an id, resolve its key, and turn every error into OpenAI JSON."""
+    rid = request.headers.get("x-request-id") or "req_" + secrets.token_hex(12)
+    request[REQUEST_ID] = rid
+    try:
+        if request.path not in PUBLIC_PATHS:
+            request[TENANT] = request.app[SERVICES].keys.resolve(request.headers)
+        return await handler(request)
+    except ProxyError as exc:
+        return _error_response(exc, rid)
+    except web.HTTPRequestEntityTooLarge:
+        return _error_response(PayloadTooLarge(
+            f"Request body too large: the limit is {request.app._client_max_size} bytes "
+            "(server.max_body_bytes)."), rid)
+    except web.HTTPNotFound:
+        return _error_response(NotFound(f"Unknown request URL: {request.method} "
+                                        f"{request.path}."), rid)
+    except web.HTTPMethodNotAllowed:
+        return _error_response(InvalidRequest(
+            f"Method {request.method} is not allowed for {request.path}.",
+            code="method_not_allowed"), rid)
+    except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
+        return _error_response(ProxyError("The proxy had an internal error while processing "
+                                          f"your request (request id {rid})."), rid)
+
+
+def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application],
+                                                               AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
+            auto_decompress=False, skip_auto_headers=("User-Agent",),
+        )
+        await asyncio.gather(*(asyncio.to_thread(tokens.encoding, name)
+                               for name in ("o200k_base", "cl100k_base")))
+        db = await open_db(config.storage.sqlite_path)
+        ledger = Ledger(db)
+        await ledger.start()
+        services = Services(
+            config=config,
+            prices=PriceTable(config.prices, config.default_price),
+            upstream=UpstreamClient(config, session),
+            keys=KeyRing(config.keys, config.admin_key_sha256),
+            db=db,
+            ledger=ledger,
+        )
+        app[SERVICES] = services
+        holder = PipelineHolder(rules_path, services, UpstreamTerminal(services.upstream))
+        app[PIPELINE] = holder
+        watcher = asyncio.create_task(_watch_rules(holder, config.server.rules_poll_seconds))
+        log.info("pipeline: %s", " -> ".join(holder.current.names) or "(no stages)")
+        yield
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        for closer in services.state.values():
+            aclose = getattr(closer, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await ledger.close()
+        await db.close()
+        await session.close()
+
+    return ctx
+
+
+async def _watch_rules(holder: PipelineHolder, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        holder.reload_if_changed()
+
+
+def create_app(config: Config, rules_path: str | None = None) -> web.Application:
+    """Build the proxy application for `config` (rules from `rules_path` or config)."""
+    app = web.Application(middlewares=[errors_and_auth],
+                          client_max_size=config.server.max_body_bytes)
+    app.cleanup_ctx.append(_services_ctx(config, rules_path or config.server.rules))
+    app.router.add_post("/v1/chat/completions", chat.chat_completions)
+    app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/v1/models/{model}", models.retrieve_model)
+    admin.add_routes(app)
+    return app

@@ -1,0 +1,1 @@
+"""The stage pipeline: core types, registry, and one module per stage."""

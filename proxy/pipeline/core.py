@@ -1,0 +1,202 @@
+"""The pipeline's types: Context, Decision, Reply, the Stage protocol and Pipeline.
+
+A stage is any object with a `name` and `async __call__(ctx, call_next) -> Reply`.
+It answers by itself (short-circuit, never calling `call_next`), changes
+`ctx.body` and calls `call_next`, or wraps the rest (post-processing the Reply).
+Every stage records what it did with `ctx.decide(...)`; that one trace feeds the
+response headers, the explain endpoint, the ledger and the metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+if TYPE_CHECKING:
+    from proxy.auth import Tenant
+
+
+@dataclass(slots=True)
+class Decision:
+    """One stage's verdict on one request: what it did and why."""
+
+    stage: str
+    action: str
+    why: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for explain and logs."""
+        return {"stage": self.stage, "action": self.action, "why": self.why, **self.data}
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts of one completion."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @classmethod
+    def from_openai(cls, usage: Mapping[str, Any] | None) -> Usage | None:
+        """Read OpenAI's `usage` object (None stays None)."""
+        if not usage:
+            return None
+        return cls(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class Context:
+    """Everything known about one request while it travels through the pipeline.
+
+    `raw` holds the client's bytes for as long as nothing changed the body, so an
+    unchanged request is forwarded byte for byte; call `changed()` after editing
+    `body` (or use `set_model`).
+    """
+
+    request_id: str
+    tenant: Tenant
+    body: dict[str, Any]
+    raw: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    trace: list[Decision] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    requested_model: str = ""
+    stream: bool = False
+    client_wants_usage: bool = False
+    baseline_prompt_tokens: int | None = None
+    dry_run: bool = False
+    source: str = "chat"
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.requested_model:
+            self.requested_model = str(self.body.get("model", ""))
+        self.stream = bool(self.body.get("stream"))
+        opts = self.body.get("stream_options")
+        self.client_wants_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
+
+    @property
+    def model(self) -> str:
+        """The model the request will be sent with (after routing)."""
+        return str(self.body.get("model", ""))
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The request's chat messages."""
+        msgs = self.body.get("messages")
+        return msgs if isinstance(msgs, list) else []
+
+    def set_model(self, model: str) -> None:
+        """Rewrite the model the request is sent with."""
+        if model != self.body.get("model"):
+            self.body["model"] = model
+            self.changed()
+
+    def changed(self) -> None:
+        """Mark the body as edited: it is re-serialized before forwarding."""
+        self.raw = None
+
+    def encoded_body(self) -> bytes:
+        """The bytes to forward: the client's own when unchanged."""
+        if self.raw is None:
+            self.raw = orjson.dumps(self.body)
+        return self.raw
+
+    def decide(self, stage: str, action: str, why: str, **data: Any) -> Decision:
+        """Append a decision to the trace and return it."""
+        decision = Decision(stage, action, why, data)
+        self.trace.append(decision)
+        return decision
+
+
+Chunks = AsyncIterator[bytes]
+
+
+@dataclass(slots=True)
+class Reply:
+    """The answer to one request: a complete body or a stream of SSE events.
+
+    `stage` names who produced it (`upstream`, `pattern`, `exact_cache`, ...);
+    `usage` is what was billed upstream (None for free answers) and `saved_usage`
+    what a free answer saved. For streams, `usage` and `completed` are filled in
+    by the time the last chunk has been yielded.
+    """
+
+    status: int = 200
+    body: bytes | None = None
+    chunks: Chunks | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    stage: str = "upstream"
+    model: str = ""
+    usage: Usage | None = None
+    saved_usage: Usage | None = None
+    completed: bool = False
+    error: str | None = None
+    _parsed: Any = None
+
+    @property
+    def is_stream(self) -> bool:
+        """True when the reply is a stream of SSE events."""
+        return self.chunks is not None
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx reply."""
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        """The body parsed (cached); only for complete replies."""
+        if self._parsed is None and self.body is not None:
+            self._parsed = orjson.loads(self.body)
+        return self._parsed
+
+
+Next = Callable[[Context], Awaitable[Reply]]
+
+
+class Stage(Protocol):
+    """A pipeline stage: answers, edits the request, or wraps the rest."""
+
+    name: str
+
+    async def __call__(self, ctx: Context, call_next: Next) -> Reply: ...
+
+
+def _bind(stage: Stage, call_next: Next) -> Next:
+    async def call(ctx: Context) -> Reply:
+        return await stage(ctx, call_next)
+
+    return call
+
+
+class Pipeline:
+    """An ordered chain of stages ending in a terminal (the upstream call)."""
+
+    def __init__(self, stages: Sequence[Stage], terminal: Next) -> None:
+        self.stages = tuple(stages)
+        handler = terminal
+        for stage in reversed(self.stages):
+            handler = _bind(stage, handler)
+        self._handler = handler
+
+    @property
+    def names(self) -> list[str]:
+        """Stage names in order."""
+        return [s.name for s in self.stages]
+
+    def stage(self, name: str) -> Stage | None:
+        """The stage called `name`, if it is in the chain."""
+        return next((s for s in self.stages if s.name == name), None)
+
+    async def __call__(self, ctx: Context) -> Reply:
+        return await self._handler(ctx)

@@ -1,0 +1,161 @@
+"""Build chat.completion objects and convert them to and from streamed chunks.
+
+Pattern replies and cache hits are served through these, so a free answer is a
+genuine `chat.completion` (or `chat.completion.chunk` events for stream
+clients), and a streamed upstream answer can be assembled for the cache from
+the chunks that passed through.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from proxy.upstream.sse import DONE, event, event_data
+
+
+def completion_id() -> str:
+    """A fresh `chatcmpl-...` id."""
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+def make_completion(
+    model: str,
+    content: str,
+    *,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    finish_reason: str = "stop",
+) -> dict[str, Any]:
+    """A one-choice assistant `chat.completion`."""
+    return {
+        "id": completion_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+        "system_fingerprint": None,
+    }
+
+
+def _chunk(base: Mapping[str, Any], choices: list[Any], usage: Any = None) -> dict[str, Any]:
+    return {**base, "object": "chat.completion.chunk", "choices": choices, "usage": usage}
+
+
+def completion_to_events(
+    completion: Mapping[str, Any], *, include_usage: bool, piece_chars: int = 48
+) -> list[bytes]:
+    """SSE events that replay a complete `chat.completion` as a stream."""
+    base = {
+        "id": completion.get("id") or completion_id(),
+        "created": completion.get("created") or int(time.time()),
+        "model": completion.get("model", ""),
+        "system_fingerprint": completion.get("system_fingerprint"),
+    }
+    events: list[bytes] = []
+    for choice in completion.get("choices", []):
+        index = choice.get("index", 0)
+        message = choice.get("message") or {}
+        first: dict[str, Any] = {"role": "assistant", "content": ""}
+        if message.get("refusal"):
+            first["refusal"] = message["refusal"]
+        events.append(event(_chunk(base, [{"index": index, "delta": first,
+                                           "logprobs": None, "finish_reason": None}])))
+        content = message.get("content") or ""
+        for start in range(0, len(content), piece_chars):
+            delta = {"content": content[start:start + piece_chars]}
+            events.append(event(_chunk(base, [{"index": index, "delta": delta,
+                                               "logprobs": None, "finish_reason": None}])))
+        for i, call in enumerate(message.get("tool_calls") or []):
+            delta = {"tool_calls": [{"index": i, **call}]}
+            events.append(event(_chunk(base, [{"index": index, "delta": delta,
+                                               "logprobs": None, "finish_reason": None}])))
+        events.append(event(_chunk(base, [{"index": index, "delta": {}, "logprobs": None,
+                                           "finish_reason": choice.get("finish_reason")}])))
+    if include_usage:
+        events.append(event(_chunk(base, [], completion.get("usage"))))
+    events.append(DONE)
+    return events
+
+
+class StreamAssembler:
+    """Rebuilds a `chat.completion` from the chunk events of a stream."""
+
+    def __init__(self) -> None:
+        self.base: dict[str, Any] = {}
+        self.choices: dict[int, dict[str, Any]] = {}
+        self.usage: Any = None
+        self.done = False
+
+    def feed_events(self, events: Iterable[bytes]) -> None:
+        """Consume raw SSE events (each ending in a blank line)."""
+        for raw in events:
+            data = event_data(raw)
+            if data is None:
+                continue
+            if data.strip() == b"[DONE]":
+                self.done = True
+                continue
+            self.feed_chunk(orjson.loads(data))
+
+    def feed_chunk(self, chunk: Mapping[str, Any]) -> None:
+        """Consume one parsed `chat.completion.chunk`."""
+        if not self.base:
+            self.base = {k: chunk.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            slot = self.choices.setdefault(
+                choice.get("index", 0),
+                {"content": [], "tool_calls": {}, "finish_reason": None, "refusal": None},
+            )
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                slot["content"].append(delta["content"])
+            if delta.get("refusal"):
+                slot["refusal"] = (slot["refusal"] or "") + delta["refusal"]
+            for call in delta.get("tool_calls") or []:
+                self._merge_tool_call(slot["tool_calls"], call)
+            if choice.get("finish_reason"):
+                slot["finish_reason"] = choice["finish_reason"]
+
+    @staticmethod
+    def _merge_tool_call(calls: dict[int, dict[str, Any]], part: Mapping[str, Any]) -> None:
+        call = calls.setdefault(part.get("index", 0),
+                                {"id": None, "type": "function",
+                                 "function": {"name": "", "arguments": ""}})
+        if part.get("id"):
+            call["id"] = part["id"]
+        fn = part.get("function") or {}
+        call["function"]["name"] += fn.get("name") or ""
+        call["function"]["arguments"] += fn.get("arguments") or ""
+
+    def completion(self) -> dict[str, Any]:
+        """The assembled `chat.completion`."""
+        choices = []
+        for index in sorted(self.choices):
+            slot = self.choices[index]
+            message: dict[str, Any] = {"role": "assistant",
+                                       "content": "".join(slot["content"]) or None,
+                                       "refusal": slot["refusal"]}
+            if slot["tool_calls"]:
+                message["tool_calls"] = [slot["tool_calls"][i] for i in sorted(slot["tool_calls"])]
+            choices.append({"index": index, "message": message, "logprobs": None,
+                            "finish_reason": slot["finish_reason"]})
+        return {**self.base, "object": "chat.completion", "choices": choices, "usage": self.usage}

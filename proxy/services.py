@@ -1,0 +1,29 @@
+"""Long-lived resources shared by stages and handlers (one set per worker process)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosqlite
+
+from proxy.auth import KeyRing
+from proxy.config import Config
+from proxy.pricing import PriceTable
+from proxy.store.ledger import Ledger
+from proxy.upstream.client import UpstreamClient
+
+
+@dataclass
+class Services:
+    """What stages are built with. `state` keeps per-stage objects (caches, limiters)
+    alive across rule reloads, keyed by stage name."""
+
+    config: Config
+    prices: PriceTable
+    upstream: UpstreamClient
+    keys: KeyRing
+    db: aiosqlite.Connection
+    ledger: Ledger
+    redis: Any = None
+    state: dict[str, Any] = field(default_factory=dict)

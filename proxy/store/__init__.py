@@ -1,0 +1,1 @@
+"""Persistence behind small interfaces: sqlite (default) and redis."""

@@ -1,0 +1,156 @@
+"""Test helpers: a live proxy + fake upstream on real ports, in a background thread.
+
+    with LiveProxy(tmp_path, rules="pipeline = []") as live:
+        client = live.client("alice")           # official openai SDK, sync
+        client.chat.completions.create(...)
+        live.fake.received[-1]                  # what the upstream got
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from proxy.app import create_app
+from proxy.app_keys import PIPELINE, SERVICES
+from proxy.config import Config, hash_key, parse_config
+from proxy.pipeline.registry import PipelineHolder
+from proxy.services import Services
+from proxy.upstream.fake import FakeUpstream
+
+T = TypeVar("T")
+KEYS = {"alice": "sk-test-alice", "bob": "sk-test-bob"}
+ADMIN_KEY = "sk-test-admin"
+
+
+def test_config(upstream_url: str, db_path: str, extra: dict[str, Any] | None = None) -> Config:
+    """A config with the fake upstream, keys alice/bob and an admin key.
+
+    `extra` merges in per table; its `upstream` table merges into the fake's entry.
+    """
+    extra = dict(extra or {})
+    upstream_extra = extra.pop("upstream", {})
+    doc: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0},
+        "upstreams": [{"name": "fake", "base_url": upstream_url, "models": ["*"],
+                       "max_retries": 2, "backoff_seconds": 0.01, "first_byte_timeout": 5,
+                       "total_timeout": 30, **upstream_extra}],
+        "keys": {name: {"sha256": hash_key(key)} for name, key in KEYS.items()},
+        "admin": {"key_sha256": hash_key(ADMIN_KEY)},
+        "storage": {"backend": "sqlite", "sqlite_path": db_path},
+    }
+    for section, value in extra.items():
+        if isinstance(value, dict) and isinstance(doc.get(section), dict):
+            for k, v in value.items():
+                if isinstance(v, dict) and isinstance(doc[section].get(k), dict):
+                    doc[section][k] = {**doc[section][k], **v}
+                else:
+                    doc[section][k] = v
+        else:
+            doc[section] = value
+    return parse_config(copy.deepcopy(doc), "test-config")
+
+
+class LiveProxy:
+    """A proxy and a fake upstream served from a private event loop in a thread."""
+
+    def __init__(self, tmp_path: Path, rules: str = "pipeline = []\n",
+                 config: dict[str, Any] | None = None, fake: FakeUpstream | None = None):
+        self.tmp_path = Path(tmp_path)
+        self.rules_path = self.tmp_path / "rules.toml"
+        self.rules_path.write_text(rules)
+        self.extra = config
+        self.fake = fake or FakeUpstream()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._runners: list[web.AppRunner] = []
+        self.base_url = ""
+        self.fake_url = ""
+        self.app: web.Application | None = None
+
+    def __enter__(self) -> LiveProxy:
+        self._thread.start()
+        self.run(self._start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Shut both servers down cleanly (the ledger is flushed) and end the thread."""
+        if self._runners:
+            self.run(self._cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+    async def _serve(self, app: web.Application) -> str:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self._runners.append(runner)
+        return f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+
+    async def _start(self) -> None:
+        self.fake_url = await self._serve(self.fake.app())
+        self.config = test_config(self.fake_url, str(self.tmp_path / "proxy.db"), self.extra)
+        self.app = create_app(self.config, str(self.rules_path))
+        self.base_url = await self._serve(self.app)
+
+    async def _cleanup(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Run a coroutine on the servers' loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def services(self) -> Services:
+        """The running proxy's services."""
+        assert self.app is not None
+        return self.app[SERVICES]
+
+    @property
+    def pipeline(self) -> PipelineHolder:
+        """The running proxy's pipeline holder."""
+        assert self.app is not None
+        return self.app[PIPELINE]
+
+    def reload_rules(self, text: str) -> bool:
+        """Rewrite the rule file and reload it now (as the watcher would)."""
+        self.rules_path.write_text(text)
+
+        async def reload() -> bool:
+            return self.pipeline.reload_if_changed()
+
+        return self.run(reload())
+
+    def key(self, name: str = "alice") -> str:
+        """The plaintext key of a test tenant (or 'admin')."""
+        return ADMIN_KEY if name == "admin" else KEYS[name]
+
+    def client(self, name: str = "alice", **kwargs: Any) -> Any:
+        """An official sync `openai.OpenAI` client for a tenant."""
+        import openai
+
+        return openai.OpenAI(base_url=self.base_url, api_key=self.key(name), max_retries=0,
+                             **kwargs)
+
+    def async_client(self, name: str = "alice", **kwargs: Any) -> Any:
+        """An official `openai.AsyncOpenAI` client for a tenant."""
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.key(name),
+                                  max_retries=0, **kwargs)
+
+    def ledger_rows(self) -> list[dict[str, Any]]:
+        """Every ledger row so far (flushed first)."""
+        return self.run(self.services.ledger.rows())

@@ -1,0 +1,1 @@
+"""The terminal stage: forwarding to OpenAI-compatible upstreams."""

@@ -1,0 +1,223 @@
+"""An OpenAI-shaped fake upstream for demo mode, tests and benchmarks.
+
+It answers `/v1/chat/completions` (streamed or not, n choices, tool calls when
+tools are given and asked for, usage counted with tiktoken) and `/v1/models`;
+it can be slowed (time to first token, tokens per second) and told to fail
+(500, 429 with Retry-After, a hang, a stream cut mid-way), and it records
+every request it received so tests can assert what the proxy forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy import tokens
+from proxy.pipeline.replies import completion_to_events, make_completion
+from proxy.upstream.sse import DONE
+
+FAKE_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-5", "gpt-5-mini")
+FAULT_KINDS = ("500", "429", "hang", "cut", "400")
+
+
+@dataclass
+class Fault:
+    """A failure to inject: `kind` for the next `count` requests (-1: until cleared)."""
+
+    kind: str
+    count: int = 1
+    model: str | None = None
+    retry_after: float = 0.0
+
+
+@dataclass
+class FakeUpstream:
+    """The fake's behaviour and what it has seen."""
+
+    ttft: float = 0.0
+    tokens_per_second: float = 0.0
+    record: bool = True
+    faults: list[Fault] = field(default_factory=list)
+    received: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10_000))
+    received_headers: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=10_000))
+
+    def fail(self, kind: str, count: int = 1, model: str | None = None,
+             retry_after: float = 0.0) -> None:
+        """Make the next `count` requests (for `model`, if given) fail with `kind`."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"fault kind must be one of {FAULT_KINDS}")
+        self.faults.append(Fault(kind, count, model, retry_after))
+
+    def reset(self) -> None:
+        """Forget faults and recorded requests."""
+        self.faults.clear()
+        self.received.clear()
+        self.received_headers.clear()
+
+    def _take_fault(self, model: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.model in (None, model):
+                if fault.count > 0:
+                    fault.count -= 1
+                    if fault.count == 0:
+                        self.faults.remove(fault)
+                return fault
+        return None
+
+    def app(self) -> web.Application:
+        """The aiohttp application serving the fake API under /v1."""
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/_fake/faults", self.add_fault)
+        app.router.add_get("/_fake/requests", self.list_requests)
+        return app
+
+    async def models(self, request: web.Request) -> web.Response:
+        """`GET /v1/models`."""
+        data = [{"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "fake"}
+                for m in FAKE_MODELS]
+        return web.json_response({"object": "list", "data": data}, dumps=_dumps)
+
+    async def add_fault(self, request: web.Request) -> web.Response:
+        """`POST /_fake/faults` {"kind", "count", "model", "retry_after"}."""
+        spec = await request.json()
+        self.fail(**spec)
+        return web.json_response({"ok": True})
+
+    async def list_requests(self, request: web.Request) -> web.Response:
+        """`GET /_fake/requests`: bodies received, oldest first."""
+        return web.json_response(list(self.received), dumps=_dumps)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        """`POST /v1/chat/completions`."""
+        body = orjson.loads(await request.read())
+        if self.record:
+            self.received.append(body)
+            self.received_headers.append(dict(request.headers))
+        model = str(body.get("model", ""))
+        fault = self._take_fault(model) if self.faults else None
+        if fault and fault.kind in ("500", "429", "400"):
+            return _error(int(fault.kind), fault.retry_after)
+        if fault and fault.kind == "hang":
+            await asyncio.sleep(3600)
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return _error(400)
+        completion = answer(body)
+        if self.ttft:
+            await asyncio.sleep(self.ttft)
+        if not body.get("stream"):
+            return web.Response(body=orjson.dumps(completion), content_type="application/json")
+        opts = body.get("stream_options") or {}
+        events = completion_to_events(completion, include_usage=bool(opts.get("include_usage")),
+                                      piece_chars=8)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        delay = 2.0 / self.tokens_per_second if self.tokens_per_second else 0.0
+        for i, item in enumerate(events):
+            if fault and fault.kind == "cut" and i == 3:
+                request.transport and request.transport.close()  # type: ignore[func-returns-value]
+                return resp
+            if delay and item is not DONE:
+                await asyncio.sleep(delay)
+            await resp.write(item)
+        await resp.write_eof()
+        return resp
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def _error(status: int, retry_after: float = 0.0) -> web.Response:
+    kinds = {400: ("invalid_request_error", "'messages' is a required non-empty array"),
+             429: ("requests", "Rate limit reached (fake)"),
+             500: ("server_error", "The server had an error (fake)")}
+    etype, message = kinds[status]
+    headers = {"Retry-After": str(retry_after)} if status == 429 else {}
+    return web.Response(status=status, headers=headers, content_type="application/json",
+                        body=orjson.dumps({"error": {"message": message, "type": etype,
+                                                     "param": None, "code": None}}))
+
+
+def _last_text(messages: list[dict[str, Any]], role: str = "user") -> str:
+    for message in reversed(messages):
+        if message.get("role") == role:
+            content = message.get("content")
+            if isinstance(content, list):
+                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            return str(content or "")
+    return ""
+
+
+def _wants_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    tools = [t for t in body.get("tools") or [] if t.get("type") == "function"]
+    if not tools or body["messages"][-1].get("role") == "tool":
+        return None
+    choice = body.get("tool_choice")
+    if choice == "none":
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        return next((t for t in tools if t["function"]["name"] == name), None)
+    if choice == "required":
+        return tools[0]
+    words = set(re.findall(r"[a-z0-9]+", _last_text(body["messages"]).lower()))
+    for tool in tools:
+        if set(tool["function"]["name"].lower().split("_")) <= words:
+            return tool
+    return None
+
+
+def _arguments(tool: dict[str, Any]) -> str:
+    props = (tool["function"].get("parameters") or {}).get("properties") or {}
+    samples = {"string": "example", "integer": 1, "number": 1.0, "boolean": True,
+               "array": [], "object": {}}
+    return orjson.dumps({k: samples.get(v.get("type"), None) for k, v in props.items()}).decode()
+
+
+def answer(body: dict[str, Any]) -> dict[str, Any]:
+    """The fake's deterministic chat.completion for a request body."""
+    model = str(body.get("model", "gpt-4o"))
+    messages = body["messages"]
+    prompt = tokens.count_request(body)
+    tool = _wants_tool(body)
+    choices = []
+    completion_tokens = 0
+    for index in range(int(body.get("n") or 1)):
+        if tool:
+            call = {"id": "call_" + secrets.token_hex(8), "type": "function",
+                    "function": {"name": tool["function"]["name"], "arguments": _arguments(tool)}}
+            message: dict[str, Any] = {"role": "assistant", "content": None,
+                                       "tool_calls": [call], "refusal": None}
+            finish = "tool_calls"
+            completion_tokens += tokens.count_text(call["function"]["arguments"]) + 8
+        else:
+            text = (f"[{model}] Here is my answer to: {_last_text(messages)[:300]}"
+                    if messages[-1].get("role") != "tool"
+                    else f"[{model}] Based on the tool result: {_last_text(messages, 'tool')[:200]}")
+            limit = body.get("max_completion_tokens") or body.get("max_tokens")
+            enc = tokens.encoding_for_model(model)
+            ids = enc.encode_ordinary(text)
+            finish = "stop"
+            if isinstance(limit, int) and 0 < limit < len(ids):
+                ids, finish = ids[:limit], "length"
+                text = enc.decode(ids)
+            message = {"role": "assistant", "content": text, "refusal": None}
+            completion_tokens += len(ids)
+        choices.append({"index": index, "message": message, "logprobs": None,
+                        "finish_reason": finish})
+    completion = make_completion(model, "", prompt_tokens=prompt,
+                                 completion_tokens=completion_tokens)
+    completion["choices"] = choices
+    completion["created"] = int(time.time())
+    completion["system_fingerprint"] = "fp_fake"
+    return completion
