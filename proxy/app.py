@@ -20,6 +20,7 @@ from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
 from proxy.pipeline.registry import PipelineHolder
 from proxy.pricing import PriceTable
 from proxy.services import Services
+from proxy.store.kv import SqliteKV
 from proxy.store.ledger import Ledger
 from proxy.store.sqlite import open_db
 from proxy.upstream.client import UpstreamClient
@@ -79,6 +80,8 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
         db = await open_db(config.storage.sqlite_path)
         ledger = Ledger(db)
         await ledger.start()
+        kv = SqliteKV(db)
+        await kv.start()
         services = Services(
             config=config,
             prices=PriceTable(config.prices, config.default_price),
@@ -86,6 +89,7 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
             keys=KeyRing(config.keys, config.admin_key_sha256),
             db=db,
             ledger=ledger,
+            kv=kv,
         )
         app[SERVICES] = services
         holder = PipelineHolder(rules_path, services, UpstreamTerminal(services.upstream))

@@ -10,6 +10,7 @@ import aiosqlite
 from proxy.auth import KeyRing
 from proxy.config import Config
 from proxy.pricing import PriceTable
+from proxy.store.kv import KVStore
 from proxy.store.ledger import Ledger
 from proxy.upstream.client import UpstreamClient
 
@@ -25,5 +26,6 @@ class Services:
     keys: KeyRing
     db: aiosqlite.Connection
     ledger: Ledger
+    kv: KVStore
     redis: Any = None
     state: dict[str, Any] = field(default_factory=dict)
