@@ -9,6 +9,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import redis.asyncio
 from aiohttp import web
 
 from proxy import tokens
@@ -82,6 +83,8 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
         await ledger.start()
         kv = SqliteKV(db)
         await kv.start()
+        redis_client = (redis.asyncio.from_url(config.storage.redis_url)
+                        if config.storage.backend == "redis" else None)
         services = Services(
             config=config,
             prices=PriceTable(config.prices, config.default_price),
@@ -90,6 +93,7 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
             db=db,
             ledger=ledger,
             kv=kv,
+            redis=redis_client,
         )
         app[SERVICES] = services
         holder = PipelineHolder(rules_path, services, UpstreamTerminal(services.upstream))
@@ -106,6 +110,8 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
                 await aclose()
         await ledger.close()
         await db.close()
+        if redis_client is not None:
+            await redis_client.aclose()
         await session.close()
 
     return ctx

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
+from redis.asyncio import Redis
 
 from proxy.auth import KeyRing
 from proxy.config import Config
@@ -27,5 +28,5 @@ class Services:
     db: aiosqlite.Connection
     ledger: Ledger
     kv: KVStore
-    redis: Any = None
+    redis: Redis | None = None
     state: dict[str, Any] = field(default_factory=dict)
