@@ -4,77 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
-import multiprocessing
 import os
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
-from proxy.config import Config, ConfigError, hash_key, load_config, load_rules_doc
+from proxy.config import ConfigError, hash_key, load_config, load_rules_doc
+from proxy.server import serve, use_uvloop, with_overrides
 
 log = logging.getLogger("proxy")
 DEMO_KEY = "sk-proxy-demo"
 DEMO_ADMIN_KEY = "sk-proxy-demo-admin"
 DEFAULT_RULES = str(Path(__file__).resolve().parent.parent / "rules" / "config.toml")
-
-
-def _use_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-def with_overrides(config: Config, host: str | None, port: int | None,
-                   workers: int | None, upstream: str | None) -> Config:
-    """Apply command-line overrides (`--upstream` replaces the first upstream's URL)."""
-    server = dataclasses.replace(
-        config.server,
-        host=host or config.server.host,
-        port=config.server.port if port is None else port,
-        workers=workers or config.server.workers,
-    )
-    upstreams = config.upstreams
-    if upstream:
-        first = dataclasses.replace(upstreams[0], base_url=upstream.rstrip("/"))
-        upstreams = (first, *upstreams[1:])
-    return dataclasses.replace(config, server=server, upstreams=upstreams)
-
-
-def run_worker(config: Config, rules: str, reuse_port: bool) -> None:
-    """Run one server process until it is signalled to stop."""
-    from proxy.app import create_app
-
-    _use_uvloop()
-    app = create_app(config, rules)
-    web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=reuse_port,
-                access_log=None, print=None, backlog=2048)
-
-
-def serve(config: Config, rules: str) -> None:
-    """Run `server.workers` processes sharing one port (SO_REUSEPORT)."""
-    workers = config.server.workers
-    print(f"proxy listening on http://{config.server.host}:{config.server.port}/v1 "
-          f"({workers} worker{'s' if workers > 1 else ''})", flush=True)
-    if workers == 1:
-        run_worker(config, rules, reuse_port=False)
-        return
-    spawn = multiprocessing.get_context("spawn")
-    procs = [spawn.Process(target=run_worker, args=(config, rules, True), daemon=False)
-             for _ in range(workers)]
-    for proc in procs:
-        proc.start()
-    try:
-        for proc in procs:
-            proc.join()
-    except KeyboardInterrupt:
-        for proc in procs:
-            proc.terminate()
-            proc.join()
 
 
 async def _demo(port: int, rules: str, db_path: str) -> None:
@@ -158,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(hash_key(args.key))
         return 0
     if args.command == "demo":
-        _use_uvloop()
+        use_uvloop()
         try:
             asyncio.run(_demo(args.port, args.rules, args.db))
         except KeyboardInterrupt:

@@ -13,7 +13,7 @@ import redis.asyncio
 from aiohttp import web
 
 from proxy import tokens
-from proxy.api import admin, chat, models
+from proxy.api import admin, chat, explain, models
 from proxy.app_keys import PIPELINE, REQUEST_ID, SERVICES, TENANT
 from proxy.auth import KeyRing
 from proxy.config import Config
@@ -131,5 +131,6 @@ def create_app(config: Config, rules_path: str | None = None) -> web.Application
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.retrieve_model)
+    app.router.add_post("/v1/proxy/explain", explain.explain)
     admin.add_routes(app)
     return app

@@ -42,7 +42,7 @@ class LedgerEntry:
 
 
 _COLUMNS = [f.name for f in fields(LedgerEntry)]
-_SCHEMA = f"""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
     request_id TEXT, ts REAL, tenant TEXT, namespace TEXT, requested_model TEXT, model TEXT,
     stage TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL,
