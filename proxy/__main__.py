@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     p_check = sub.add_parser("check", help="validate config and rules")
     p_check.add_argument("--config", default="config.toml")
     p_check.add_argument("--rules", default=None)
+    p_fake = sub.add_parser("fake-upstream", help="run only the OpenAI-shaped fake upstream")
+    p_fake.add_argument("--port", type=int, default=9090)
+    p_fake.add_argument("--ttft", type=float, default=0.0, help="seconds to first token")
+    p_fake.add_argument("--tokens-per-second", type=float, default=0.0)
     p_hash = sub.add_parser("hash-key", help="print the sha256 to put in config.toml")
     p_hash.add_argument("key")
     args = parser.parse_args(argv)
@@ -99,6 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.config, args.rules)
     if args.command == "hash-key":
         print(hash_key(args.key))
+        return 0
+    if args.command == "fake-upstream":
+        from proxy.upstream.fake import FakeUpstream
+
+        use_uvloop()
+        fake = FakeUpstream(ttft=args.ttft, tokens_per_second=args.tokens_per_second,
+                            record=False)
+        print(f"fake upstream on http://127.0.0.1:{args.port}/v1", flush=True)
+        web.run_app(fake.app(), host="127.0.0.1", port=args.port, access_log=None, print=None)
         return 0
     if args.command == "demo":
         use_uvloop()
