@@ -1,6 +1,6 @@
 # CPU-only image of the proxy. Build: docker build -t llm-cost-proxy .
 # Run:   docker run -p 8080:8080 -e OPENAI_API_KEY=sk-... -v $PWD/config.toml:/app/config.toml llm-cost-proxy
-# Demo:  docker run -p 8080:8080 llm-cost-proxy python -m proxy demo --port 8080
+# Demo:  docker run -p 8080:8080 llm-cost-proxy python -m proxy demo --host 0.0.0.0 --port 8080
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \

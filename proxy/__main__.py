@@ -20,7 +20,7 @@ DEMO_ADMIN_KEY = "sk-proxy-demo-admin"
 DEFAULT_RULES = str(Path(__file__).resolve().parent.parent / "rules" / "config.toml")
 
 
-async def _demo(port: int, rules: str, db_path: str) -> None:
+async def _demo(host: str, port: int, rules: str, db_path: str) -> None:
     from proxy.app import create_app
     from proxy.demo import demo_config
     from proxy.upstream.fake import FakeUpstream
@@ -35,9 +35,10 @@ async def _demo(port: int, rules: str, db_path: str) -> None:
                          hash_key(DEMO_KEY), hash_key(DEMO_ADMIN_KEY))
     runner = web.AppRunner(create_app(config, rules), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    site = web.TCPSite(runner, host, port)
     await site.start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{shown}:{runner.addresses[0][1]}/v1"
     print(f"""LLM cost proxy demo (fake upstream, no API key needed)
   base URL : {base}
   API key  : {DEMO_KEY}
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--workers", type=int, default=None)
     p_serve.add_argument("--upstream", default=None, help="base URL of the default upstream")
     p_demo = sub.add_parser("demo", help="run against a built-in fake upstream (no API key)")
+    p_demo.add_argument("--host", default="127.0.0.1")
     p_demo.add_argument("--port", type=int, default=8080)
     p_demo.add_argument("--rules", default=DEFAULT_RULES)
     p_demo.add_argument("--db", default=os.path.join(os.getcwd(), "proxy-demo.db"))
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         use_uvloop()
         try:
-            asyncio.run(_demo(args.port, args.rules, args.db))
+            asyncio.run(_demo(args.host, args.port, args.rules, args.db))
         except KeyboardInterrupt:
             pass
         return 0
