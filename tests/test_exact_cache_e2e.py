@@ -331,3 +331,9 @@ def test_requests_are_answered_while_the_cache_store_is_down(tmp_path: Path) -> 
         settle(live)  # the write failed in the background
         assert ask(live)[1] == "miss"
         assert len(live.fake.received) == 2
+
+
+def test_entries_outlive_a_rules_reload(live: LiveProxy) -> None:
+    ask(live)
+    assert live.reload_rules(rules(ttl_seconds=600))
+    assert ask(live)[1] == "hit-exact"
