@@ -26,17 +26,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import aiohttp  # noqa: E402
-import orjson  # noqa: E402
-import redis.asyncio  # noqa: E402
+import aiohttp
+import orjson
+import redis.asyncio
 
-from proxy.pipeline.exact_cache import request_key  # noqa: E402
-from proxy.pipeline.replies import make_completion  # noqa: E402
-from proxy.store.cache_entries import CacheEntries  # noqa: E402
-from proxy.store.kv import KVStore, SqliteKV  # noqa: E402
-from proxy.store.redis_kv import RedisKV  # noqa: E402
-from proxy.store.sqlite import open_db  # noqa: E402
-from proxy.testing import LiveProxy  # noqa: E402
+from proxy.pipeline.exact_cache import request_key
+from proxy.pipeline.replies import make_completion
+from proxy.store.cache_entries import CacheEntries
+from proxy.store.kv import KVStore, SqliteKV
+from proxy.store.redis_kv import RedisKV
+from proxy.store.sqlite import open_db
+from proxy.testing import LiveProxy
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
