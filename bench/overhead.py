@@ -18,8 +18,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (ROOT, chat_request, closed_loop, fake_upstream, free_port, peak_rss_mb,
-                    spawn, wait_http)
+from common import (
+    ROOT,
+    chat_request,
+    closed_loop,
+    fake_upstream,
+    free_port,
+    peak_rss_mb,
+    spawn,
+    wait_http,
+)
 
 from proxy.config import hash_key
 
