@@ -143,6 +143,9 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters":
          "forces a tool call"),
         ({"response_format": {"type": "json_object"}}, "structured output"),
         ({"logprobs": True}, "logprobs"),
+        ({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "hi"},
+            {"type": "image_url", "image_url": {"url": "data:,"}}]}]}, "image"),
     ],
 )
 async def test_requests_that_need_a_model_are_never_answered(extra: dict[str, Any],

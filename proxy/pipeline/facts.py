@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -15,6 +16,9 @@ import orjson
 from proxy import tokens
 from proxy.pipeline.core import Context
 from proxy.pipeline.text import NormalizedText, content_text, last_user_text, readings
+
+if TYPE_CHECKING:
+    from proxy.pipeline.conditions import Conditions
 
 OPTIMIZE_FOR = ("cost", "latency", "quality")
 OPTIMIZE_HEADER = "x-proxy-optimize-for"
@@ -32,15 +36,43 @@ def utc_now() -> datetime:
 class RequestFacts:
     """What conditions test about one request, each computed on first use.
 
-    `prompt_tokens` must be set by the stage (counted off the event loop) before
-    conditions that need it are tested.
+    Before testing conditions on prompt tokens, the stage awaits
+    `settle_prompt_tokens(conditions)`: tokenizing a long history costs far more than
+    everything else here, so the exact count is made only when a cheap upper bound
+    (the body's JSON bytes, every token being at least one byte, plus image
+    allowances) cannot settle the comparison.
     """
 
     def __init__(self, ctx: Context, default_timezone: str, clock: Clock = utc_now) -> None:
         self.ctx = ctx
         self.default_timezone = default_timezone
         self.clock = clock
-        self.prompt_tokens = 0
+        self.prompt_tokens: int | None = None
+        self._exact_tokens: int | None = None
+
+    async def settle_prompt_tokens(self, conditions: Conditions) -> None:
+        """Set `prompt_tokens` precisely enough to test `conditions`' token bounds."""
+        low, high = conditions.min_tokens, conditions.max_tokens
+        ceiling = self.prompt_token_ceiling
+        if (low is not None and ceiling < low) or (low is None and high is not None
+                                                   and ceiling <= high):
+            self.prompt_tokens = ceiling
+        else:
+            self.prompt_tokens = await self.exact_prompt_tokens()
+
+    async def exact_prompt_tokens(self) -> int:
+        """The request's prompt tokens, counted once (in a worker thread when big)."""
+        if self._exact_tokens is None:
+            self._exact_tokens = await count_prompt_tokens(self.ctx.body)
+        return self._exact_tokens
+
+    @cached_property
+    def prompt_token_ceiling(self) -> int:
+        """An upper bound of the prompt tokens, without tokenizing."""
+        images = sum(1 for m in self.ctx.messages if isinstance(m.get("content"), list)
+                     for p in m["content"] if isinstance(p, Mapping)
+                     and p.get("type") == "image_url")
+        return len(orjson.dumps(self.ctx.body)) + _image_allowance() * images
 
     @cached_property
     def last_user_text(self) -> str | None:
@@ -128,6 +160,12 @@ class RequestFacts:
             except (ZoneInfoNotFoundError, ValueError):
                 zone = None
         return self.clock().astimezone(zone or ZoneInfo(self.default_timezone)).hour
+
+
+@functools.cache
+def _image_allowance() -> int:
+    """Tokens one image adds to a prompt (with its message framing), as tokens.py counts."""
+    return tokens.count_messages([{"role": "user", "content": [{"type": "image_url"}]}])
 
 
 async def count_prompt_tokens(body: Mapping[str, Any]) -> int:

@@ -16,7 +16,8 @@ answers with a genuine `chat.completion` (or its SSE chunks) at zero usage:
 
 A reply whose placeholders are missing from the request's metadata is not used;
 a rule with no usable reply does not match. Requests that need a real model
-(forced tool calls, n > 1, structured output, logprobs) are never answered.
+(forced tool calls, n > 1, structured output, logprobs, an image in the message)
+are never answered.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from proxy import tokens
 from proxy.config import Section
 from proxy.pipeline.conditions import Conditions, parse_conditions, parse_regex, parse_timezone
 from proxy.pipeline.core import Context, Next, Reply, Usage
-from proxy.pipeline.facts import Clock, RequestFacts, count_prompt_tokens, utc_now
+from proxy.pipeline.facts import Clock, RequestFacts, utc_now
 from proxy.pipeline.replies import completion_to_events, make_completion
 from proxy.pipeline.text import NormalizedText, normalize, one_typo_apart
 from proxy.services import Services
@@ -67,7 +68,7 @@ class PatternRule:
 
     name: str
     phrases: frozenset[str]
-    phrase_words: tuple[tuple[str, ...], ...]
+    phrase_words: Mapping[int, tuple[tuple[str, ...], ...]]
     typos: bool
     keyword_sets: tuple[frozenset[str], ...]
     regex: re.Pattern[str] | None
@@ -89,11 +90,10 @@ class PatternRule:
         return self.regex is not None and bool(self.regex.search(text.text))
 
     def _near_phrase(self, words: list[str]) -> bool:
-        for phrase in self.phrase_words:
-            if len(phrase) == len(words):
-                differing = [(w, p) for w, p in zip(words, phrase) if w != p]
-                if len(differing) == 1 and one_typo_apart(*differing[0]):
-                    return True
+        for phrase in self.phrase_words.get(len(words), ()):
+            differing = [(w, p) for w, p in zip(words, phrase, strict=True) if w != p]
+            if len(differing) == 1 and one_typo_apart(*differing[0]):
+                return True
         return False
 
 
@@ -134,6 +134,14 @@ def _normalized_phrases(section: Section, key: str) -> list[NormalizedText]:
     return phrases
 
 
+def _by_word_count(phrases: list[NormalizedText]) -> dict[int, tuple[tuple[str, ...], ...]]:
+    grouped: dict[int, list[tuple[str, ...]]] = {}
+    for phrase in phrases:
+        if phrase.words:
+            grouped.setdefault(len(phrase.words), []).append(tuple(phrase.words))
+    return {count: tuple(group) for count, group in grouped.items()}
+
+
 def _parse_rule(section: Section) -> PatternRule | None:
     section.reject_unknown(_RULE_FIELDS)
     name = section.str("name")
@@ -151,7 +159,7 @@ def _parse_rule(section: Section) -> PatternRule | None:
     rule = PatternRule(
         name=name,
         phrases=frozenset(p.squeezed for p in phrases),
-        phrase_words=tuple(tuple(p.words) for p in phrases if p.words),
+        phrase_words=_by_word_count(phrases),
         typos=section.bool("typos", False),
         keyword_sets=keyword_sets,
         regex=regex,
@@ -191,6 +199,11 @@ def bypass_reason(body: Mapping[str, Any]) -> str | None:
         return "structured output requested"
     if body.get("logprobs"):
         return "logprobs requested"
+    messages = body.get("messages") or [{}]
+    content = messages[-1].get("content") if isinstance(messages[-1], Mapping) else None
+    if isinstance(content, list) and any(isinstance(p, Mapping) and p.get("type") != "text"
+                                         for p in content):
+        return "the message carries an image, audio or file"
     return None
 
 
@@ -218,11 +231,15 @@ class PatternStage:
             ctx.decide(self.name, "skip", skip)
             return await call_next(ctx)
         for rule in self.rules.rules:
-            if rule.matches_text(facts) and rule.when.holds(facts):
+            if not rule.matches_text(facts):
+                continue
+            if rule.when.needs_tokens:
+                await facts.settle_prompt_tokens(rule.when)
+            if rule.when.holds(facts):
                 content = self._pick(rule, facts.metadata, advance=not ctx.dry_run)
                 if content is not None:
                     ctx.decide(self.name, "answer", f"rule {rule.name!r} matched", rule=rule.name)
-                    return await self._reply(ctx, content)
+                    return self._reply(ctx, content, await facts.exact_prompt_tokens())
         ctx.decide(self.name, "pass", "no rule matched")
         return await call_next(ctx)
 
@@ -238,9 +255,9 @@ class PatternStage:
         return usable[turn % len(usable)]
 
     @staticmethod
-    async def _reply(ctx: Context, content: str) -> Reply:
+    def _reply(ctx: Context, content: str, prompt_tokens: int) -> Reply:
         model = ctx.requested_model
-        saved = Usage(await count_prompt_tokens(ctx.body), tokens.count_text(content, model))
+        saved = Usage(prompt_tokens, tokens.count_text(content, model))
         completion = make_completion(model, content)
         reply = Reply(stage=REPLY_STAGE, model=model, saved_usage=saved, completed=True)
         if ctx.stream:

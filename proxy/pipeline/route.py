@@ -20,6 +20,7 @@ upstream client's fallback chain starts from the routed model.
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from proxy.config import Section
 from proxy.errors import PermissionDenied
 from proxy.pipeline.conditions import Conditions, parse_conditions, parse_timezone
 from proxy.pipeline.core import Context, Next, Reply
-from proxy.pipeline.facts import RequestFacts, count_prompt_tokens
+from proxy.pipeline.facts import RequestFacts
 from proxy.services import Services
 
 _RULE_FIELDS = {"name", "enabled", "model", "confidence", "why", "applies_to", "when"}
@@ -122,20 +123,24 @@ class RouteStage:
     def __init__(self, rules: RouteRules, default_timezone: str) -> None:
         self.rules = rules
         self.timezone = rules.timezone or default_timezone
+        self.candidates = functools.lru_cache(maxsize=256)(self._candidates)
+
+    def _candidates(self, requested: str) -> tuple[RouteRule, ...]:
+        return tuple(r for r in self.rules.rules if r.applies(requested))
 
     async def __call__(self, ctx: Context, call_next: Next) -> Reply:
         requested = ctx.model
-        candidates = [r for r in self.rules.rules if r.applies(requested)]
+        candidates = self.candidates(requested)
         alias_model = self.rules.aliases.get(requested)
         if not candidates and alias_model is None:
             ctx.decide(self.name, "keep", f"no rule applies to {requested!r}",
                        from_model=requested, to_model=requested)
             return await call_next(ctx)
         facts = RequestFacts(ctx, self.timezone)
-        if any(r.when.needs_tokens for r in candidates):
-            facts.prompt_tokens = await count_prompt_tokens(ctx.body)
         passed_over = []
         for rule in candidates:
+            if rule.when.needs_tokens:
+                await facts.settle_prompt_tokens(rule.when)
             if not rule.when.holds(facts):
                 continue
             if not ctx.tenant.may_use(rule.model):
