@@ -88,6 +88,7 @@ async def test_prompt_token_rule_counts_the_whole_request() -> None:
         "name": "big", "model": "gpt-4o", "when": {"min_tokens": 2000}}]}), "UTC")
     assert (await route(stage, "auto", "hi"))[0] == "gpt-4o-mini"
     assert (await route(stage, "auto", "hi " * 3000))[0] == "gpt-4o"
+    assert (await route(stage, "auto", "hello " * 500))[0] == "gpt-4o-mini"  # 3 kB, ~500 tokens
 
 
 async def test_tools_and_response_format_conditions() -> None:
