@@ -19,7 +19,9 @@ from aiohttp import web
 
 from proxy.app import create_app
 from proxy.app_keys import PIPELINE, SERVICES
+from proxy.auth import Tenant
 from proxy.config import Config, hash_key, parse_config
+from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.registry import PipelineHolder
 from proxy.services import Services
 from proxy.upstream.fake import FakeUpstream
@@ -178,3 +180,15 @@ class LiveProxy(BackgroundServers):
     def ledger_rows(self) -> list[dict[str, Any]]:
         """Every ledger row so far (flushed first)."""
         return self.run(self.services.ledger.rows())
+
+
+def make_context(body: dict[str, Any], headers: dict[str, str] | None = None,
+                 tenant: Tenant | None = None) -> Context:
+    """A Context for unit-testing a stage without HTTP (tenant 'alice' by default)."""
+    return Context(request_id="req_test", tenant=tenant or Tenant("alice", "0" * 64, "alice"),
+                   body=body, headers=headers or {})
+
+
+async def upstream_stub(ctx: Context) -> Reply:
+    """A terminal for unit tests: answers 'upstream' without any network."""
+    return Reply(body=b"{}", stage="upstream", model=ctx.model)
