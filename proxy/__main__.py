@@ -1,15 +1,20 @@
-"""Command line: serve, demo, check, hash-key."""
+"""Command line: serve, demo, check, hash-key, stats, export."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
+import importlib
 import logging
 import multiprocessing
 import os
+import shutil
+import signal
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -45,10 +50,20 @@ def with_overrides(config: Config, host: str | None, port: int | None,
     return dataclasses.replace(config, server=server, upstreams=upstreams)
 
 
+def setup_logging() -> None:
+    """Log lines with a prefix; request lines (`proxy.requests`) as bare JSON."""
+    from proxy.observe.requestlog import configure
+
+    logging.basicConfig(level=os.environ.get("PROXY_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure()
+
+
 def run_worker(config: Config, rules: str, reuse_port: bool) -> None:
     """Run one server process until it is signalled to stop."""
     from proxy.app import create_app
 
+    setup_logging()  # again: spawned workers start with fresh logging
     _use_uvloop()
     app = create_app(config, rules)
     web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=reuse_port,
@@ -56,25 +71,48 @@ def run_worker(config: Config, rules: str, reuse_port: bool) -> None:
 
 
 def serve(config: Config, rules: str) -> None:
-    """Run `server.workers` processes sharing one port (SO_REUSEPORT)."""
+    """Run `server.workers` processes sharing one port (SO_REUSEPORT).
+
+    With several workers, Prometheus metrics go to a shared PROMETHEUS_MULTIPROC_DIR
+    (a fresh temporary directory, removed at exit, unless one is set already).
+    """
     workers = config.server.workers
     print(f"proxy listening on http://{config.server.host}:{config.server.port}/v1 "
           f"({workers} worker{'s' if workers > 1 else ''})", flush=True)
     if workers == 1:
         run_worker(config, rules, reuse_port=False)
         return
+    from proxy.observe.metrics import MULTIPROC_ENV
+
+    own_dir = None
+    if not os.environ.get(MULTIPROC_ENV):
+        own_dir = tempfile.mkdtemp(prefix="proxy-metrics-")
+        os.environ[MULTIPROC_ENV] = own_dir
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     spawn = multiprocessing.get_context("spawn")
-    procs = [spawn.Process(target=run_worker, args=(config, rules, True), daemon=False)
+    # under `python -m proxy` this module is `__main__`, which spawned children cannot
+    # import by that name: hand them the function from its importable module name
+    target = importlib.import_module("proxy.__main__").run_worker
+    procs = [spawn.Process(target=target, args=(config, rules, True), daemon=False)
              for _ in range(workers)]
-    for proc in procs:
-        proc.start()
     try:
+        for proc in procs:
+            proc.start()
         for proc in procs:
             proc.join()
     except KeyboardInterrupt:
         for proc in procs:
             proc.terminate()
             proc.join()
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one shutdown, however many signals
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 async def _demo(port: int, rules: str, db_path: str) -> None:
@@ -128,6 +166,69 @@ def check(config_path: str, rules: str | None) -> int:
     return 0
 
 
+def _open_ledger_db(config_path: str) -> Any:
+    import aiosqlite
+
+    path = Path(load_config(config_path).storage.sqlite_path)
+    if not path.exists():
+        raise ConfigError(config_path, "storage", f"sqlite_path: no database at {path}")
+    return aiosqlite.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+
+
+async def _stats(args: argparse.Namespace) -> str:
+    from proxy.observe.report import render_stats
+    from proxy.observe.stats import stats
+    from proxy.observe.window import Window
+    from proxy.pricing import PriceTable
+
+    config = load_config(args.config)
+    window = Window.parse(args.from_, args.to, args.key)
+    async with _open_ledger_db(args.config) as db:
+        result = await stats(db, window, PriceTable(config.prices, config.default_price),
+                             args.group_by)
+    if args.json:
+        import orjson
+
+        return orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n"
+    return render_stats(result)
+
+
+async def _export(args: argparse.Namespace) -> int:
+    from proxy.observe.export import export_csv, export_openai_jsonl
+    from proxy.observe.window import Window
+
+    window = Window.parse(args.from_, args.to, args.key)
+    writer = export_openai_jsonl if args.format == "openai-jsonl" else export_csv
+    async with _open_ledger_db(args.config) as db:
+        if args.out is None:
+            return await writer(db, window, sys.stdout)
+        with open(args.out, "w", encoding="utf-8", newline="") as out:
+            return await writer(db, window, out)
+
+
+def _add_window_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="config.toml")
+    parser.add_argument("--from", dest="from_", default=None,
+                        help="start: ISO date/datetime or unix seconds (default: 30 days ago)")
+    parser.add_argument("--to", default=None, help="end (a bare date includes that day)")
+    parser.add_argument("--key", default=None, help="only this key's requests")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from proxy.observe.window import WindowError
+
+    try:
+        if args.command == "stats":
+            sys.stdout.write(asyncio.run(_stats(args)))
+            return 0
+        count = asyncio.run(_export(args))
+    except (ConfigError, WindowError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {count} rows as {args.format}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m proxy`."""
     parser = argparse.ArgumentParser(prog="python -m proxy",
@@ -149,9 +250,19 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("--rules", default=None)
     p_hash = sub.add_parser("hash-key", help="print the sha256 to put in config.toml")
     p_hash.add_argument("key")
+    p_stats = sub.add_parser("stats", help="print spend and savings from the ledger")
+    _add_window_args(p_stats)
+    p_stats.add_argument("--group-by", default=None,
+                         choices=("day", "hour", "key", "model", "stage"))
+    p_stats.add_argument("--json", action="store_true", help="print the JSON the API returns")
+    p_export = sub.add_parser("export", help="export fine-tuning JSONL or the ledger as CSV")
+    _add_window_args(p_export)
+    p_export.add_argument("--format", required=True, choices=("openai-jsonl", "csv"))
+    p_export.add_argument("--out", default=None, help="file to write (default: stdout)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("PROXY_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging()
+    if args.command in ("stats", "export"):
+        return _run_report(args)
     if args.command == "check":
         return check(args.config, args.rules)
     if args.command == "hash-key":

@@ -13,7 +13,7 @@ import redis.asyncio
 from aiohttp import web
 
 from proxy import tokens
-from proxy.api import admin, chat, models
+from proxy.api import admin, chat, models, observe
 from proxy.app_keys import PIPELINE, REQUEST_ID, SERVICES, TENANT
 from proxy.auth import KeyRing
 from proxy.config import Config
@@ -21,6 +21,7 @@ from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
 from proxy.pipeline.registry import PipelineHolder
 from proxy.pricing import PriceTable
 from proxy.services import Services
+from proxy.store.bodies import BodyLog
 from proxy.store.kv import SqliteKV
 from proxy.store.ledger import Ledger
 from proxy.store.sqlite import open_db
@@ -83,6 +84,9 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
         await ledger.start()
         kv = SqliteKV(db)
         await kv.start()
+        bodies = BodyLog(db)
+        await bodies.start()
+        ledger.after_flush.append(bodies.flush)
         redis_client = (redis.asyncio.from_url(config.storage.redis_url)
                         if config.storage.backend == "redis" else None)
         services = Services(
@@ -94,6 +98,7 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
             ledger=ledger,
             kv=kv,
             redis=redis_client,
+            bodies=bodies,
         )
         app[SERVICES] = services
         holder = PipelineHolder(rules_path, services, UpstreamTerminal(services.upstream))
@@ -132,4 +137,5 @@ def create_app(config: Config, rules_path: str | None = None) -> web.Application
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.retrieve_model)
     admin.add_routes(app)
+    observe.add_routes(app)
     return app
