@@ -50,13 +50,14 @@ def with_overrides(config: Config, host: str | None, port: int | None,
     return dataclasses.replace(config, server=server, upstreams=upstreams)
 
 
-def setup_logging() -> None:
+def setup_logging(request_lines: bool = True) -> None:
     """Log lines with a prefix; request lines (`proxy.requests`) as bare JSON."""
     from proxy.observe.requestlog import configure
 
     logging.basicConfig(level=os.environ.get("PROXY_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    configure()
+    if request_lines:
+        configure()
 
 
 def run_worker(config: Config, rules: str, reuse_port: bool) -> None:
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument("--format", required=True, choices=("openai-jsonl", "csv"))
     p_export.add_argument("--out", default=None, help="file to write (default: stdout)")
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(request_lines=args.command in ("serve", "demo"))
     if args.command in ("stats", "export"):
         return _run_report(args)
     if args.command == "check":

@@ -115,8 +115,8 @@ async def _strong_on_short(db: aiosqlite.Connection, where: tuple[str, list[obje
             "route_short_prompts", f"Route short prompts from {model} to {target}",
             f"{n} calls to {model} had at most {SHORT_PROMPT_TOKENS} prompt and "
             f"{SHORT_ANSWER_TOKENS} answer tokens and no tools; a route rule sending such "
-            f"prompts to {target} would cost {prices.cost(target, prompt, completion):.4f} "
-            f"instead of {cost:.4f} USD.",
+            f"prompts to {target} would cost {prices.cost(target, prompt, completion):.6f} "
+            f"instead of {cost:.6f} USD.",
             saved * scale, {"model": model, "to_model": target, "calls": n,
                             "prompt_tokens": prompt, "completion_tokens": completion,
                             "window_savings_usd": saved}))
