@@ -1,4 +1,4 @@
-"""Command line: serve, demo, check, hash-key."""
+"""Command line: serve, demo, check, hash-key, stats, export."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from proxy.config import ConfigError, hash_key, load_config, load_rules_doc
-from proxy.server import serve, use_uvloop, with_overrides
+from proxy.server import serve, setup_logging, use_uvloop, with_overrides
 
 log = logging.getLogger("proxy")
 DEMO_KEY = "sk-proxy-demo"
@@ -72,6 +73,69 @@ def check(config_path: str, rules: str | None) -> int:
     return 0
 
 
+def _open_ledger_db(config_path: str) -> Any:
+    import aiosqlite
+
+    path = Path(load_config(config_path).storage.sqlite_path)
+    if not path.exists():
+        raise ConfigError(config_path, "storage", f"sqlite_path: no database at {path}")
+    return aiosqlite.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+
+
+async def _stats(args: argparse.Namespace) -> str:
+    from proxy.observe.report import render_stats
+    from proxy.observe.stats import stats
+    from proxy.observe.window import Window
+    from proxy.pricing import PriceTable
+
+    config = load_config(args.config)
+    window = Window.parse(args.from_, args.to, args.key)
+    async with _open_ledger_db(args.config) as db:
+        result = await stats(db, window, PriceTable(config.prices, config.default_price),
+                             args.group_by)
+    if args.json:
+        import orjson
+
+        return orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n"
+    return render_stats(result)
+
+
+async def _export(args: argparse.Namespace) -> int:
+    from proxy.observe.export import export_csv, export_openai_jsonl
+    from proxy.observe.window import Window
+
+    window = Window.parse(args.from_, args.to, args.key)
+    writer = export_openai_jsonl if args.format == "openai-jsonl" else export_csv
+    async with _open_ledger_db(args.config) as db:
+        if args.out is None:
+            return await writer(db, window, sys.stdout)
+        with open(args.out, "w", encoding="utf-8", newline="") as out:
+            return await writer(db, window, out)
+
+
+def _add_window_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="config.toml")
+    parser.add_argument("--from", dest="from_", default=None,
+                        help="start: ISO date/datetime or unix seconds (default: 30 days ago)")
+    parser.add_argument("--to", default=None, help="end (a bare date includes that day)")
+    parser.add_argument("--key", default=None, help="only this key's requests")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from proxy.observe.window import WindowError
+
+    try:
+        if args.command == "stats":
+            sys.stdout.write(asyncio.run(_stats(args)))
+            return 0
+        count = asyncio.run(_export(args))
+    except (ConfigError, WindowError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {count} rows as {args.format}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m proxy`."""
     parser = argparse.ArgumentParser(prog="python -m proxy",
@@ -98,9 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     p_fake.add_argument("--tokens-per-second", type=float, default=0.0)
     p_hash = sub.add_parser("hash-key", help="print the sha256 to put in config.toml")
     p_hash.add_argument("key")
+    p_stats = sub.add_parser("stats", help="print spend and savings from the ledger")
+    _add_window_args(p_stats)
+    p_stats.add_argument("--group-by", default=None,
+                         choices=("day", "hour", "key", "model", "stage"))
+    p_stats.add_argument("--json", action="store_true", help="print the JSON the API returns")
+    p_export = sub.add_parser("export", help="export fine-tuning JSONL or the ledger as CSV")
+    _add_window_args(p_export)
+    p_export.add_argument("--format", required=True, choices=("openai-jsonl", "csv"))
+    p_export.add_argument("--out", default=None, help="file to write (default: stdout)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("PROXY_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(request_lines=args.command in ("serve", "demo"))
+    if args.command in ("stats", "export"):
+        return _run_report(args)
     if args.command == "check":
         return check(args.config, args.rules)
     if args.command == "hash-key":

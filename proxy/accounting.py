@@ -5,11 +5,19 @@ baseline is what the request *as the client sent it* would have cost: the
 requested model, the untrimmed prompt (stages that shrink the prompt record
 `ctx.baseline_prompt_tokens`), and the completion the answer had (for free
 answers, the usage they saved).
+
+It also notes what the recommendations need: a hash of the last user message
+(repeated prompts), `max_tokens`, the tools forwarded with their token sizes and
+the tools the answer called, and the time spent on the upstream.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import orjson
 
@@ -17,6 +25,52 @@ from proxy import tokens
 from proxy.pipeline.core import Context, Reply, Usage
 from proxy.pricing import PriceTable
 from proxy.store.ledger import LedgerEntry
+from proxy.upstream.terminal import UPSTREAM_MS
+
+
+def prompt_hash(messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """sha256 of the last user message, case- and whitespace-normalized (None if none)."""
+    for message in reversed(messages):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            text = " ".join(tokens.content_text(message.get("content")).lower().split())
+            return hashlib.sha256(text.encode()).hexdigest()
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _definition_tokens(definition: bytes) -> int:
+    return tokens.count_text(definition.decode())
+
+
+def _tool_name(tool: Any) -> str:
+    if not isinstance(tool, Mapping):
+        return "?"
+    fn = tool.get("function")
+    name = fn.get("name") if isinstance(fn, Mapping) else tool.get("name")
+    return str(name or tool.get("type") or "?")
+
+
+def tools_sent(body: Mapping[str, Any]) -> str | None:
+    """JSON {tool name: tokens of its definition} for the tools forwarded (None if none)."""
+    tools = body.get("tools") or body.get("functions")
+    if not isinstance(tools, list) or not tools:
+        return None
+    return orjson.dumps({_tool_name(t): _definition_tokens(orjson.dumps(t))
+                         for t in tools}).decode()
+
+
+def tools_called(answer: Mapping[str, Any] | None) -> str | None:
+    """JSON list of the tool names a chat.completion called (None without an answer)."""
+    if not answer:
+        return None
+    names: set[str] = set()
+    for choice in answer.get("choices") or []:
+        message = choice.get("message") or {}
+        for call in message.get("tool_calls") or []:
+            names.add(_tool_name(call))
+        if message.get("function_call"):
+            names.add(str(message["function_call"].get("name")))
+    return orjson.dumps(sorted(names)).decode()
 
 
 def baseline_usage(ctx: Context, reply: Reply | None) -> Usage:
@@ -32,14 +86,15 @@ def baseline_usage(ctx: Context, reply: Reply | None) -> Usage:
 
 def ledger_entry(
     ctx: Context, reply: Reply | None, prices: PriceTable, *, status: int,
-    error: str | None = None,
+    error: str | None = None, answer: Mapping[str, Any] | None = None,
 ) -> LedgerEntry:
-    """The ledger row for a finished request."""
+    """The ledger row for a finished request (`answer`: the chat.completion, if captured)."""
     billed = reply.usage if reply is not None and reply.stage == "upstream" else None
     model = (reply.model if reply is not None and reply.model else ctx.model)
     cost = prices.cost(model, billed.prompt_tokens, billed.completion_tokens) if billed else 0.0
     base = baseline_usage(ctx, reply) if status < 400 else Usage()
     baseline = prices.cost(ctx.requested_model, base.prompt_tokens, base.completion_tokens)
+    sent = tools_sent(ctx.body)
     return LedgerEntry(
         request_id=ctx.request_id,
         ts=time.time(),
@@ -58,4 +113,14 @@ def ledger_entry(
         source=ctx.source,
         trace=orjson.dumps([d.to_dict() for d in ctx.trace]).decode(),
         error=error or (reply.error if reply is not None else None),
+        prompt_hash=prompt_hash(ctx.messages),
+        max_tokens=_max_tokens(ctx.body),
+        upstream_ms=ctx.scratch.get(UPSTREAM_MS),
+        tools_sent=sent,
+        tools_called=tools_called(answer) if sent else None,
     )
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    value = body.get("max_completion_tokens") or body.get("max_tokens")
+    return value if isinstance(value, int) else None

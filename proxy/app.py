@@ -13,7 +13,7 @@ import redis.asyncio
 from aiohttp import web
 
 from proxy import tokens
-from proxy.api import admin, cache, chat, explain, models
+from proxy.api import admin, cache, chat, explain, models, observe
 from proxy.app_keys import PIPELINE, REQUEST_ID, SERVICES, TENANT
 from proxy.auth import KeyRing
 from proxy.config import Config
@@ -21,6 +21,7 @@ from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
 from proxy.pipeline.registry import PipelineHolder
 from proxy.pricing import PriceTable
 from proxy.services import Services
+from proxy.store.bodies import BodyLog
 from proxy.store.kv import KVStore, SqliteKV
 from proxy.store.ledger import Ledger
 from proxy.store.redis_kv import RedisKV
@@ -82,6 +83,9 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
         db = await open_db(config.storage.sqlite_path)
         ledger = Ledger(db)
         await ledger.start()
+        bodies = BodyLog(db)
+        await bodies.start()
+        ledger.after_flush.append(bodies.flush)
         redis_client = (redis.asyncio.from_url(config.storage.redis_url)
                         if config.storage.backend == "redis" else None)
         kv: KVStore
@@ -99,6 +103,7 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
             ledger=ledger,
             kv=kv,
             redis=redis_client,
+            bodies=bodies,
         )
         app[SERVICES] = services
         holder = PipelineHolder(rules_path, services, UpstreamTerminal(services.upstream))
@@ -139,4 +144,5 @@ def create_app(config: Config, rules_path: str | None = None) -> web.Application
     app.router.add_post("/v1/proxy/explain", explain.explain)
     admin.add_routes(app)
     cache.add_routes(app)
+    observe.add_routes(app)
     return app

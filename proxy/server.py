@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+from typing import Any
 
 from aiohttp import web
 
@@ -36,10 +42,21 @@ def with_overrides(config: Config, host: str | None, port: int | None,
     return dataclasses.replace(config, server=server, upstreams=upstreams)
 
 
+def setup_logging(request_lines: bool = True) -> None:
+    """Log lines with a prefix; request lines (`proxy.requests`) as bare JSON."""
+    from proxy.observe.requestlog import configure
+
+    logging.basicConfig(level=os.environ.get("PROXY_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if request_lines:
+        configure()
+
+
 def run_worker(config: Config, rules: str, reuse_port: bool) -> None:
     """Run one server process until it is signalled to stop."""
     from proxy.app import create_app
 
+    setup_logging()  # again: spawned workers start with fresh logging
     use_uvloop()
     app = create_app(config, rules)
     web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=reuse_port,
@@ -47,22 +64,42 @@ def run_worker(config: Config, rules: str, reuse_port: bool) -> None:
 
 
 def serve(config: Config, rules: str) -> None:
-    """Run `server.workers` processes sharing one port (SO_REUSEPORT)."""
+    """Run `server.workers` processes sharing one port (SO_REUSEPORT).
+
+    With several workers, Prometheus metrics go to a shared PROMETHEUS_MULTIPROC_DIR
+    (a fresh temporary directory, removed at exit, unless one is set already).
+    """
     workers = config.server.workers
     print(f"proxy listening on http://{config.server.host}:{config.server.port}/v1 "
           f"({workers} worker{'s' if workers > 1 else ''})", flush=True)
     if workers == 1:
         run_worker(config, rules, reuse_port=False)
         return
+    from proxy.observe.metrics import MULTIPROC_ENV
+
+    own_dir = None
+    if not os.environ.get(MULTIPROC_ENV):
+        own_dir = tempfile.mkdtemp(prefix="proxy-metrics-")
+        os.environ[MULTIPROC_ENV] = own_dir
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     spawn = multiprocessing.get_context("spawn")
     procs = [spawn.Process(target=run_worker, args=(config, rules, True), daemon=False)
              for _ in range(workers)]
-    for proc in procs:
-        proc.start()
     try:
+        for proc in procs:
+            proc.start()
         for proc in procs:
             proc.join()
     except KeyboardInterrupt:
         for proc in procs:
             proc.terminate()
             proc.join()
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one shutdown, however many signals
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from proxy.auth import KeyRing
 from proxy.config import Config
 from proxy.pricing import PriceTable
+from proxy.store.bodies import BodyLog
 from proxy.store.kv import KVStore
 from proxy.store.ledger import Ledger
 from proxy.upstream.client import UpstreamClient
@@ -30,3 +31,4 @@ class Services:
     kv: KVStore
     redis: Redis | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    bodies: BodyLog | None = None

@@ -24,6 +24,7 @@ from proxy.config import Config, hash_key, parse_config
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.registry import PipelineHolder
 from proxy.services import Services
+from proxy.store.ledger import LedgerEntry
 from proxy.upstream.fake import FakeUpstream
 
 T = TypeVar("T")
@@ -192,3 +193,43 @@ def make_context(body: dict[str, Any], headers: dict[str, str] | None = None,
 async def upstream_stub(ctx: Context) -> Reply:
     """A terminal for unit tests: answers 'upstream' without any network."""
     return Reply(body=b"{}", stage="upstream", model=ctx.model)
+
+
+def sample_entry(**fields: Any) -> LedgerEntry:
+    """A ledger row for tests: a 200 from upstream for alice on gpt-4o unless overridden."""
+    row: dict[str, Any] = {
+        "request_id": "req_test", "ts": 1_740_823_200.0, "tenant": "alice", "namespace": "alice",
+        "requested_model": "gpt-4o", "model": "gpt-4o", "stage": "upstream",
+        "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "baseline_usd": 0.0,
+        "latency_ms": 1.0, "status": 200, "stream": False, "trace": "[]",
+    }
+    row.update(fields)
+    return LedgerEntry(**row)
+
+
+def insert_entries(live: LiveProxy, entries: list[LedgerEntry]) -> None:
+    """Record ledger rows in a running proxy and flush them (as requests would)."""
+
+    async def go() -> None:
+        for entry in entries:
+            live.services.ledger.record(entry)
+        await live.services.ledger.flush()
+
+    live.run(go())
+
+
+def admin_get(live: LiveProxy, path: str, key: str = "admin") -> tuple[int, Any]:
+    """GET a proxy path with a key; (status, parsed JSON or text)."""
+    import urllib.error
+    import urllib.request
+
+    import orjson
+
+    request = urllib.request.Request(live.base_url.removesuffix("/v1") + path,
+                                     headers={"Authorization": f"Bearer {live.key(key)}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            status, body, kind = resp.status, resp.read(), resp.headers.get_content_type()
+    except urllib.error.HTTPError as err:
+        status, body, kind = err.code, err.read(), err.headers.get_content_type()
+    return status, orjson.loads(body) if kind == "application/json" else body.decode()

@@ -95,7 +95,8 @@ def count_text(text: str, model: str = "gpt-4o") -> int:
     return len(encoding_for_model(model).encode_ordinary(text))
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
+    """The text of a message's content (a string or the text of its parts)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -123,7 +124,7 @@ def count_messages(
     total = 3
     for message in messages:
         total += 3
-        parts = [str(message.get("role", "")), _content_text(message.get("content"))]
+        parts = [str(message.get("role", "")), content_text(message.get("content"))]
         if message.get("name"):
             parts.append(str(message["name"]))
             total += 1

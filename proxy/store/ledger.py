@@ -3,6 +3,11 @@
 `record()` only appends to an in-memory queue; a background task flushes it every
 `interval` seconds (or when `batch` rows are waiting) in one transaction, and
 `close()` drains what is left, so a clean shutdown loses nothing.
+
+Observers (metrics, the JSON request log) see every row once, in the flusher,
+never on the request path; `after_flush` hooks (the body log) ride the same
+flusher. New columns are appended with defaults and added to older databases
+by `ALTER TABLE ... ADD COLUMN`, so the field order of LedgerEntry stays stable.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Any
@@ -40,20 +46,30 @@ class LedgerEntry:
     source: str = "chat"
     trace: str = ""
     error: str | None = None
+    prompt_hash: str | None = None
+    max_tokens: int | None = None
+    upstream_ms: float | None = None
+    tools_sent: str | None = None
+    tools_called: str | None = None
 
 
+# Columns added after the first release: name -> SQL type, added when missing.
+_ADDED_COLUMNS = {"prompt_hash": "TEXT", "max_tokens": "INTEGER", "upstream_ms": "REAL",
+                  "tools_sent": "TEXT", "tools_called": "TEXT"}
 _COLUMNS = [f.name for f in fields(LedgerEntry)]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
     request_id TEXT, ts REAL, tenant TEXT, namespace TEXT, requested_model TEXT, model TEXT,
     stage TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL,
     baseline_usd REAL, latency_ms REAL, status INTEGER, stream INTEGER, source TEXT,
-    trace TEXT, error TEXT
+    trace TEXT, error TEXT, prompt_hash TEXT, max_tokens INTEGER, upstream_ms REAL,
+    tools_sent TEXT, tools_called TEXT
 );
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
 CREATE INDEX IF NOT EXISTS ledger_tenant_ts ON ledger (tenant, ts);
 """
 _ROW = attrgetter(*[f.name for f in fields(LedgerEntry)])
+Observer = Callable[[Sequence["LedgerEntry"]], None]
 _INSERT = f"INSERT INTO ledger ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
 
@@ -65,6 +81,9 @@ class Ledger:
         self.interval = interval
         self.batch = batch
         self._pending: list[LedgerEntry] = []
+        self._unwritten: list[LedgerEntry] = []
+        self.observers: list[Observer] = []
+        self.after_flush: list[Callable[[], Awaitable[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -72,7 +91,15 @@ class Ledger:
     async def start(self) -> None:
         """Create the table and start the flusher."""
         await self.db.executescript(_SCHEMA)
+        await self._add_missing_columns()
         self._task = asyncio.create_task(self._run(), name="ledger-flusher")
+
+    async def _add_missing_columns(self) -> None:
+        async with self.db.execute("PRAGMA table_info(ledger)") as cur:
+            present = {row[1] for row in await cur.fetchall()}
+        for name, sql_type in _ADDED_COLUMNS.items():
+            if name not in present:
+                await self.db.execute(f"ALTER TABLE ledger ADD COLUMN {name} {sql_type}")
 
     def record(self, entry: LedgerEntry) -> None:
         """Queue a row; never blocks, never awaits."""
@@ -90,15 +117,30 @@ class Ledger:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write every queued row now."""
-        if not self._pending:
-            return
-        rows, self._pending = self._pending, []
-        try:
-            await self.db.executemany(_INSERT, [_ROW(r) for r in rows])
-        except Exception:  # keep the rows for the next try rather than lose them
-            log.exception("ledger flush failed; %d rows kept for retry", len(rows))
-            self._pending[:0] = rows
+        """Show queued rows to the observers (once) and write every unwritten row now."""
+        if self._pending:
+            fresh, self._pending = self._pending, []
+            self._notify(fresh)
+            self._unwritten.extend(fresh)
+        if self._unwritten:
+            rows, self._unwritten = self._unwritten, []
+            try:
+                await self.db.executemany(_INSERT, [_ROW(r) for r in rows])
+            except Exception:  # keep the rows for the next try rather than lose them
+                log.exception("ledger flush failed; %d rows kept for retry", len(rows))
+                self._unwritten[:0] = rows
+        for hook in self.after_flush:
+            try:
+                await hook()
+            except Exception:
+                log.exception("after-flush hook %r failed", hook)
+
+    def _notify(self, rows: Sequence[LedgerEntry]) -> None:
+        for observer in self.observers:
+            try:
+                observer(rows)
+            except Exception:  # an observer's bug must not lose ledger rows
+                log.exception("ledger observer %r failed", observer)
 
     async def close(self) -> None:
         """Stop the flusher and write what is left."""

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from proxy.pipeline.core import Context, Reply
+import time
+
+from proxy.pipeline.core import Chunks, Context, Reply
 from proxy.upstream.client import UpstreamClient
+
+UPSTREAM_MS = "upstream_ms"  # ctx.scratch key: time spent waiting on the upstream
 
 
 class UpstreamTerminal:
-    """Forwards the request as the stages left it; in dry runs only says where it would go."""
+    """Forwards the request as the stages left it; in dry runs only says where it would go.
+
+    It notes the time spent on the upstream in `ctx.scratch["upstream_ms"]` (for streams,
+    until the last chunk), so the ledger can tell upstream latency from proxy overhead.
+    """
 
     name = "upstream"
 
@@ -25,4 +33,20 @@ class UpstreamTerminal:
             ctx.body["stream_options"] = {**(ctx.body.get("stream_options") or {}),
                                           "include_usage": True}
             ctx.changed()
-        return await self.client.send(ctx)
+        started = time.perf_counter()
+        try:
+            reply = await self.client.send(ctx)
+        finally:
+            ctx.scratch[UPSTREAM_MS] = (time.perf_counter() - started) * 1000.0
+        if reply.chunks is not None:
+            reply.chunks = _timed(reply.chunks, ctx, started)
+        return reply
+
+
+async def _timed(chunks: Chunks, ctx: Context, started: float) -> Chunks:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        ctx.scratch[UPSTREAM_MS] = (time.perf_counter() - started) * 1000.0
+        await chunks.aclose()  # type: ignore[attr-defined]

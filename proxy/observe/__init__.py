@@ -1,0 +1,1 @@
+"""Observability: stats, routing metrics, recommendations, Prometheus metrics, logs, exports."""

@@ -1,0 +1,128 @@
+"""Prometheus metrics, fed by the ledger (one source of truth) and rendered for `/metrics`.
+
+`Metrics.observe` is a ledger observer: it runs in the ledger's flusher, never on
+the request path. Labels are aggregates (stage, model, status, key); no request
+ids or bodies. With several workers (`serve --workers N`) the serve command sets
+PROMETHEUS_MULTIPROC_DIR before the workers start; every worker then writes its
+samples there and any worker's `/metrics` reports the sum over all of them.
+
+Budget remaining per key comes from a hook: whoever tracks spend registers a
+callable in `services.state["budget_remaining"]` returning {key name: USD left};
+it is called at scrape time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from proxy.store.ledger import LedgerEntry
+
+log = logging.getLogger("proxy.metrics")
+
+BUDGET_HOOK = "budget_remaining"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CACHE_STAGES = frozenset({"pattern", "exact_cache", "semantic_cache"})
+_UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class BudgetCollector(Collector):
+    """`proxy_budget_remaining_usd{key}` from the budget hook in services.state."""
+
+    def __init__(self, state: Mapping[str, Any]) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        """Ask the hook now; no hook (or a failing one) yields an empty gauge."""
+        gauge = GaugeMetricFamily("proxy_budget_remaining_usd",
+                                  "USD left in each key's current budget period", labels=["key"])
+        hook: Callable[[], Mapping[str, float]] | None = self.state.get(BUDGET_HOOK)
+        if hook is not None:
+            try:
+                for key, usd in sorted(hook().items()):
+                    gauge.add_metric([key], float(usd))
+            except Exception:
+                log.exception("budget_remaining hook failed")
+        yield gauge
+
+
+class Metrics:
+    """The proxy's Prometheus metrics (a private registry per application)."""
+
+    def __init__(self, state: Mapping[str, Any]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("proxy_requests", "Requests by answering stage, model and status",
+                                ["stage", "model", "status"], registry=r)
+        self.cost = Counter("proxy_cost_usd", "USD billed upstream", ["key", "model"], registry=r)
+        self.baseline = Counter("proxy_baseline_cost_usd",
+                                "USD the requests would have cost without the proxy", ["key"],
+                                registry=r)
+        self.tokens = Counter("proxy_tokens", "Billed tokens", ["direction", "model"], registry=r)
+        self.cache_hits = Counter("proxy_cache_hits", "Free answers by stage", ["stage"],
+                                  registry=r)
+        self.tokens_saved = Counter("proxy_tokens_saved",
+                                    "Prompt tokens removed by stages (tools, trim)", ["stage"],
+                                    registry=r)
+        self.rate_limited = Counter("proxy_rate_limited",
+                                    "Requests rejected with 429 (limits, budgets, upstream)",
+                                    ["key"], registry=r)
+        self.upstream_latency = Histogram("proxy_upstream_latency_seconds",
+                                          "Time spent waiting on the upstream", ["model"],
+                                          buckets=_UPSTREAM_BUCKETS, registry=r)
+        self.overhead = Histogram("proxy_overhead_seconds",
+                                  "Request time not spent on the upstream",
+                                  buckets=_OVERHEAD_BUCKETS, registry=r)
+        self.budget = BudgetCollector(state)
+        if os.environ.get(MULTIPROC_ENV):
+            self.output = CollectorRegistry()
+            MultiProcessCollector(self.output)
+        else:
+            self.output = self.registry
+        self.output.register(self.budget)
+
+    def observe(self, rows: Sequence[LedgerEntry]) -> None:
+        """Count a batch of ledger rows (a ledger observer)."""
+        for row in rows:
+            self.requests.labels(row.stage, row.model, str(row.status)).inc()
+            if row.cost_usd:
+                self.cost.labels(row.tenant, row.model).inc(row.cost_usd)
+            if row.baseline_usd:
+                self.baseline.labels(row.tenant).inc(row.baseline_usd)
+            if row.prompt_tokens or row.completion_tokens:
+                self.tokens.labels("prompt", row.model).inc(row.prompt_tokens)
+                self.tokens.labels("completion", row.model).inc(row.completion_tokens)
+            if row.stage in CACHE_STAGES:
+                self.cache_hits.labels(row.stage).inc()
+            if row.status == 429:
+                self.rate_limited.labels(row.tenant).inc()
+            if row.upstream_ms is not None:
+                self.upstream_latency.labels(row.model).observe(row.upstream_ms / 1000.0)
+                self.overhead.observe(max(row.latency_ms - row.upstream_ms, 0.0) / 1000.0)
+            elif row.status < 400:
+                self.overhead.observe(row.latency_ms / 1000.0)
+            if "tokens_saved" in row.trace:
+                self._tokens_saved(row.trace)
+
+    def _tokens_saved(self, trace: str) -> None:
+        try:
+            decisions = orjson.loads(trace)
+        except orjson.JSONDecodeError:
+            return
+        for decision in decisions:
+            saved = decision.get("tokens_saved") if isinstance(decision, dict) else None
+            if isinstance(saved, (int, float)) and saved > 0:
+                self.tokens_saved.labels(str(decision.get("stage"))).inc(saved)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.output)

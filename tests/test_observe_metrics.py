@@ -1,0 +1,159 @@
+"""`/metrics`: Prometheus exposition fed by the ledger, budgets hook, multiprocess mode."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.config import hash_key
+from proxy.testing import KEYS, LiveProxy, admin_get, insert_entries, sample_entry
+
+USER = [{"role": "user", "content": "count me"}]
+
+
+def scrape(base_url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of /metrics (fetched without a key) as {(name, labels): value}."""
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    """Sum of the samples called `name` whose labels include `labels`."""
+    return sum(v for (n, lbls), v in samples.items()
+               if n == name and set(labels.items()) <= set(lbls))
+
+
+def test_metrics_are_public_and_parse(live: LiveProxy) -> None:
+    samples = scrape(live.base_url)
+    assert total(samples, "proxy_requests_total") == 0
+
+
+def test_request_counters_move_after_requests(live: LiveProxy) -> None:
+    before = scrape(live.base_url)
+    client = live.client()
+    client.chat.completions.create(model="gpt-4o", messages=USER)
+    list(client.chat.completions.create(model="gpt-4o", messages=USER, stream=True))
+    after = scrape(live.base_url)
+    assert total(after, "proxy_requests_total", stage="upstream", model="gpt-4o",
+                 status="200") - total(before, "proxy_requests_total") == 2
+    cost = sum(r["cost_usd"] for r in live.ledger_rows())
+    assert total(after, "proxy_cost_usd_total", key="alice") == pytest.approx(cost)
+    assert total(after, "proxy_upstream_latency_seconds_count", model="gpt-4o") == 2
+    assert total(after, "proxy_overhead_seconds_count") == 2
+
+
+def test_cache_hits_rate_limits_and_tokens_saved_come_from_ledger_rows(live: LiveProxy) -> None:
+    trace = orjson.dumps([{"stage": "tools", "action": "strip", "why": "x",
+                           "tokens_saved": 120}]).decode()
+    insert_entries(live, [
+        sample_entry(stage="exact_cache", baseline_usd=0.01),
+        sample_entry(stage="semantic_cache", baseline_usd=0.02),
+        sample_entry(stage="error", status=429, tenant="bob"),
+        sample_entry(cost_usd=0.5, baseline_usd=0.75, trace=trace, upstream_ms=20.0,
+                     latency_ms=25.0),
+    ])
+    samples = scrape(live.base_url)
+    assert total(samples, "proxy_cache_hits_total", stage="exact_cache") == 1
+    assert total(samples, "proxy_cache_hits_total", stage="semantic_cache") == 1
+    assert total(samples, "proxy_rate_limited_total", key="bob") == 1
+    assert total(samples, "proxy_tokens_saved_total", stage="tools") == 120
+    assert total(samples, "proxy_baseline_cost_usd_total", key="alice") == pytest.approx(0.78)
+    # 25 - 20 ms around the upstream call, plus the two free answers' whole 1 ms each
+    assert total(samples, "proxy_overhead_seconds_sum") == pytest.approx(0.007)
+
+
+def test_budget_remaining_comes_from_the_registered_hook(live: LiveProxy) -> None:
+    live.services.state["budget_remaining"] = lambda: {"alice": 4.5, "bob": 0.0}
+    samples = scrape(live.base_url)
+    assert samples[("proxy_budget_remaining_usd", (("key", "alice"),))] == 4.5
+    assert samples[("proxy_budget_remaining_usd", (("key", "bob"),))] == 0.0
+
+
+def test_budgets_endpoint_shows_a_tenant_only_its_own(tmp_path: Path) -> None:
+    with LiveProxy(tmp_path, config={"keys": {"alice": {"budget_usd": 10.0},
+                                              "bob": {"budget_usd": 5.0}}}) as live:
+        live.services.state["budget_remaining"] = lambda: {"alice": 7.25, "bob": 1.0}
+        status, body = admin_get(live, "/v1/proxy/budgets", key="alice")
+        admin = admin_get(live, "/v1/proxy/budgets")[1]
+    assert status == 200
+    assert body["budgets"] == [{"key": "alice", "budget_usd": 10.0, "period": "month",
+                                "soft_budget_usd": None, "remaining_usd": 7.25}]
+    assert [b["key"] for b in admin["budgets"]] == ["alice", "bob"]
+
+
+def test_metrics_carry_no_request_ids(live: LiveProxy) -> None:
+    raw = live.client().chat.completions.with_raw_response.create(model="gpt-4o", messages=USER)
+    with urllib.request.urlopen(live.base_url.removesuffix("/v1") + "/metrics") as resp:
+        text = resp.read().decode()
+    assert raw.headers["x-request-id"] not in text and "count me" not in text
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_workers_share_metrics_through_multiprocess_dir(tmp_path: Path) -> None:
+    (tmp_path / "fake").mkdir()
+    with LiveProxy(tmp_path / "fake") as upstream_only:
+        port = _free_port()
+        config = tmp_path / "config.toml"
+        config.write_text(f"""
+[server]
+port = {port}
+workers = 2
+rules = "{tmp_path / 'rules.toml'}"
+[[upstreams]]
+name = "fake"
+base_url = "{upstream_only.fake_url}"
+[storage]
+sqlite_path = "{tmp_path / 'proxy.db'}"
+[keys.alice]
+sha256 = "{hash_key(KEYS['alice'])}"
+""")
+        (tmp_path / "rules.toml").write_text("pipeline = []\n")
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        env["TMPDIR"] = str(tmp_path)
+        proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            base = f"http://127.0.0.1:{port}/v1"
+            _wait_ready(base)
+            client = openai.OpenAI(base_url=base, api_key=KEYS["alice"], max_retries=0)
+            for _ in range(6):
+                client.chat.completions.create(model="gpt-4o", messages=USER)
+            metrics_dirs = list(tmp_path.glob("proxy-metrics-*"))
+            assert len(metrics_dirs) == 1 and list(metrics_dirs[0].glob("*.db"))
+            deadline = time.monotonic() + 10
+            while total(scrape(base), "proxy_requests_total") < 6 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert total(scrape(base), "proxy_requests_total", status="200") == 6
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    assert not list(tmp_path.glob("proxy-metrics-*"))
+
+
+def _wait_ready(base: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(base.removesuffix("/v1") + "/health", timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
