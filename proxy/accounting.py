@@ -4,7 +4,8 @@ Cost is what was billed upstream, priced for the model actually used. The
 baseline is what the request *as the client sent it* would have cost: the
 requested model, the untrimmed prompt (stages that shrink the prompt record
 `ctx.baseline_prompt_tokens`), and the completion the answer had (for free
-answers, the usage they saved).
+answers, the usage they saved). A request for an alias such as `auto` is priced
+at `ctx.baseline_model`, the dearest model the alias can route to.
 
 It also notes what the recommendations need: a hash of the last user message
 (repeated prompts), `max_tokens`, the tools forwarded with their token sizes and
@@ -93,7 +94,8 @@ def ledger_entry(
     model = (reply.model if reply is not None and reply.model else ctx.model)
     cost = prices.cost(model, billed.prompt_tokens, billed.completion_tokens) if billed else 0.0
     base = baseline_usage(ctx, reply) if status < 400 else Usage()
-    baseline = prices.cost(ctx.requested_model, base.prompt_tokens, base.completion_tokens)
+    baseline = prices.cost(ctx.baseline_model or ctx.requested_model, base.prompt_tokens,
+                           base.completion_tokens)
     sent = tools_sent(ctx.body)
     return LedgerEntry(
         request_id=ctx.request_id,

@@ -12,6 +12,7 @@ from proxy.config import KeyConfig, Section, load_rules_doc
 from proxy.errors import PermissionDenied
 from proxy.pipeline.core import Decision
 from proxy.pipeline.route import RouteRules, RouteStage, parse_rules
+from proxy.pricing import PriceTable
 from proxy.testing import make_context, upstream_stub
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +24,7 @@ def rules_of(table: dict[str, Any]) -> RouteRules:
 
 def default_stage() -> RouteStage:
     return RouteStage(parse_rules(load_rules_doc(ROOT / "rules" / "config.toml")
-                                  .section("route")), "UTC")
+                                  .section("route")), "UTC", PriceTable())
 
 
 def conversation(text: str, earlier_user_turns: int = 5) -> list[dict[str, str]]:
@@ -77,7 +78,7 @@ async def test_explicit_model_is_left_alone_by_default() -> None:
 async def test_downgrade_rule_touches_explicit_models_it_names() -> None:
     stage = RouteStage(rules_of({"rules": [{
         "name": "downgrade", "model": "gpt-4o-mini", "confidence": 0.7,
-        "applies_to": ["gpt-4o"], "when": {"max_words": 4}}]}), "UTC")
+        "applies_to": ["gpt-4o"], "when": {"max_words": 4}}]}), "UTC", PriceTable())
     assert (await route(stage, "gpt-4o", "ok cool"))[0] == "gpt-4o-mini"
     assert (await route(stage, "gpt-4o", "tell me more about protein and sleep"))[0] == "gpt-4o"
     assert (await route(stage, "gpt-4.1", "ok cool"))[0] == "gpt-4.1"
@@ -85,7 +86,7 @@ async def test_downgrade_rule_touches_explicit_models_it_names() -> None:
 
 async def test_prompt_token_rule_counts_the_whole_request() -> None:
     stage = RouteStage(rules_of({"aliases": {"auto": "gpt-4o-mini"}, "rules": [{
-        "name": "big", "model": "gpt-4o", "when": {"min_tokens": 2000}}]}), "UTC")
+        "name": "big", "model": "gpt-4o", "when": {"min_tokens": 2000}}]}), "UTC", PriceTable())
     assert (await route(stage, "auto", "hi"))[0] == "gpt-4o-mini"
     assert (await route(stage, "auto", "hi " * 3000))[0] == "gpt-4o"
     assert (await route(stage, "auto", "hello " * 500))[0] == "gpt-4o-mini"  # 3 kB, ~500 tokens
@@ -95,7 +96,7 @@ async def test_tools_and_response_format_conditions() -> None:
     stage = RouteStage(rules_of({"aliases": {"auto": "gpt-4o-mini"}, "rules": [
         {"name": "tools", "model": "gpt-4.1", "when": {"tools": True}},
         {"name": "schema", "model": "gpt-4o", "when": {"response_format": ["json_schema"]}}]}),
-        "UTC")
+        "UTC", PriceTable())
     tool = {"type": "function", "function": {"name": "log_habit"}}
     assert (await route(stage, "auto", "hi", tools=[tool]))[0] == "gpt-4.1"
     schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}
@@ -113,10 +114,17 @@ async def test_rule_to_a_model_the_key_may_not_use_is_passed_over() -> None:
 
 
 async def test_alias_defaulting_to_a_forbidden_model_is_refused() -> None:
-    stage = RouteStage(rules_of({"aliases": {"auto": "gpt-4o"}}), "UTC")
+    stage = RouteStage(rules_of({"aliases": {"auto": "gpt-4o"}}), "UTC", PriceTable())
     key = KeyConfig(name="mini-only", sha256="0" * 64, namespace="m",
                     allowed_models=("auto", "gpt-4o-mini"))
     ctx = make_context({"model": "auto", "messages": conversation("hi")},
                        tenant=Tenant.from_key(key))
     with pytest.raises(PermissionDenied):
         await stage(ctx, upstream_stub)
+
+
+async def test_alias_requests_are_priced_at_the_dearest_model_they_can_reach() -> None:
+    stage = default_stage()
+    ctx = make_context({"model": "auto", "messages": [{"role": "user", "content": "ok"}]})
+    await stage(ctx, upstream_stub)
+    assert ctx.baseline_model == "gpt-4o"

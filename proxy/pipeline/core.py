@@ -74,6 +74,7 @@ class Context:
     stream: bool = False
     client_wants_usage: bool = False
     baseline_prompt_tokens: int | None = None
+    baseline_model: str | None = None
     dry_run: bool = False
     source: str = "chat"
     scratch: dict[str, Any] = field(default_factory=dict)

@@ -29,6 +29,7 @@ from proxy.errors import PermissionDenied
 from proxy.pipeline.conditions import Conditions, parse_conditions, parse_timezone
 from proxy.pipeline.core import Context, Next, Reply
 from proxy.pipeline.facts import RequestFacts
+from proxy.pricing import PriceTable
 from proxy.services import Services
 
 _RULE_FIELDS = {"name", "enabled", "model", "confidence", "why", "applies_to", "when"}
@@ -120,10 +121,15 @@ class RouteStage:
 
     name = "route"
 
-    def __init__(self, rules: RouteRules, default_timezone: str) -> None:
+    def __init__(self, rules: RouteRules, default_timezone: str, prices: PriceTable) -> None:
         self.rules = rules
         self.timezone = rules.timezone or default_timezone
         self.candidates = functools.lru_cache(maxsize=256)(self._candidates)
+        self.alias_baseline = {
+            alias: max([model, *(r.model for r in self.candidates(alias))],
+                       key=lambda m: prices.price(m).cost(1000, 1000))
+            for alias, model in rules.aliases.items()
+        }
 
     def _candidates(self, requested: str) -> tuple[RouteRule, ...]:
         return tuple(r for r in self.rules.rules if r.applies(requested))
@@ -132,6 +138,8 @@ class RouteStage:
         requested = ctx.model
         candidates = self.candidates(requested)
         alias_model = self.rules.aliases.get(requested)
+        if alias_model is not None and ctx.baseline_model is None:
+            ctx.baseline_model = self.alias_baseline[requested]
         if not candidates and alias_model is None:
             ctx.decide(self.name, "keep", f"no rule applies to {requested!r}",
                        from_model=requested, to_model=requested)
@@ -172,4 +180,4 @@ class RouteStage:
 
 def build(rules: RouteRules, services: Services) -> RouteStage:
     """The stage for `rules`."""
-    return RouteStage(rules, services.config.server.timezone)
+    return RouteStage(rules, services.config.server.timezone, services.prices)
