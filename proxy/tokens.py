@@ -7,6 +7,7 @@ file is refused instead of silently miscounting.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import gzip
@@ -105,6 +106,7 @@ def _content_text(content: Any) -> str:
     return ""
 
 
+OFF_LOOP_CHARS = 24_000  # above this much text, counting moves to a worker thread
 _IMAGE_TOKENS = 765  # OpenAI's estimate for one high-detail 512px tile set; a fair default
 
 
@@ -153,3 +155,21 @@ def count_request(body: Mapping[str, Any]) -> int:
     tools = body.get("tools") or body.get("functions")
     messages = body.get("messages")
     return count_messages(messages if isinstance(messages, list) else [], model, tools)
+
+
+def text_size(messages: Iterable[Mapping[str, Any]]) -> int:
+    """Characters of message text: a cheap measure of how long counting will take."""
+    return sum(len(_content_text(m.get("content"))) for m in messages)
+
+
+def is_large(messages: Iterable[Mapping[str, Any]]) -> bool:
+    """True when tokenizing these messages is worth a worker thread (off the event loop)."""
+    return text_size(messages) > OFF_LOOP_CHARS
+
+
+async def count_request_async(body: Mapping[str, Any]) -> int:
+    """count_request, run in a worker thread when the request is large."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and is_large(messages):
+        return await asyncio.to_thread(count_request, body)
+    return count_request(body)
