@@ -167,9 +167,49 @@ def is_large(messages: Iterable[Mapping[str, Any]]) -> bool:
     return text_size(messages) > OFF_LOOP_CHARS
 
 
+@functools.lru_cache(maxsize=32_768)
+def _plain_message_tokens(encoding_name: str, role: str, content: str) -> int:
+    return 3 + len(encoding(encoding_name).encode_ordinary(f"{role}\n{content}"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _tools_tokens(encoding_name: str, tools_json: str) -> int:
+    return len(encoding(encoding_name).encode_ordinary(tools_json)) + 9
+
+
+def message_tokens(message: Mapping[str, Any], model: str = "gpt-4o") -> int:
+    """Prompt tokens one message adds, as count_messages counts it.
+
+    Plain text messages are memoized: a chat history is resent with every turn.
+    """
+    content = message.get("content")
+    if isinstance(content, str) and not message.get("name") and not message.get("tool_calls"):
+        return _plain_message_tokens(encoding_for_model(model).name,
+                                     str(message.get("role", "")), content)
+    return count_messages([message], model) - 3
+
+
+def prompt_tokens(body: Mapping[str, Any]) -> int:
+    """count_request's result, from memoized per-message and tool-definition counts."""
+    model = str(body.get("model", "gpt-4o"))
+    tools = body.get("tools") or body.get("functions")
+    messages = body.get("messages")
+    total = 3
+    if isinstance(messages, list):
+        total += sum(message_tokens(m, model) for m in messages if isinstance(m, Mapping))
+    return total + tool_tokens(tools, model)
+
+
+def tool_tokens(tools: Any, model: str = "gpt-4o") -> int:
+    """count_tools' result, memoized by the definitions' JSON (apps resend the same tools)."""
+    if not tools:
+        return 0
+    return _tools_tokens(encoding_for_model(model).name, orjson.dumps(tools).decode())
+
+
 async def count_request_async(body: Mapping[str, Any]) -> int:
-    """count_request, run in a worker thread when the request is large."""
+    """The request's prompt tokens, counted in a worker thread when the request is large."""
     messages = body.get("messages")
     if isinstance(messages, list) and is_large(messages):
-        return await asyncio.to_thread(count_request, body)
-    return count_request(body)
+        return await asyncio.to_thread(prompt_tokens, body)
+    return prompt_tokens(body)

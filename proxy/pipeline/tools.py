@@ -96,6 +96,7 @@ def split_words(text: str) -> list[str]:
     return _WORD.findall(_CAMEL.sub(r"\1 \2", text).lower())
 
 
+@functools.lru_cache(maxsize=65_536)
 def stem(word: str) -> str:
     """A crude stem so that log/logs/logged/logging (or note/notes) compare equal."""
     for suffix in _SUFFIXES:
@@ -230,7 +231,7 @@ class ToolStripper:
     def _strip(self, ctx: Context, tools: list[Any], kept: list[Any], legacy: bool,
                why: str) -> None:
         body = ctx.body
-        saved = tokens.count_tools(tools, ctx.model) - tokens.count_tools(kept, ctx.model)
+        saved = tokens.tool_tokens(tools, ctx.model) - tokens.tool_tokens(kept, ctx.model)
         kept_ids = {id(t) for t in kept}
         dropped = [t for t in tools if id(t) not in kept_ids]
         if kept:

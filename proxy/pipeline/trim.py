@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -120,16 +120,11 @@ class TrimPlan:
         return [*self.head, *([summary_message(summary)] if summary else []), *self.tail]
 
 
-def message_tokens(message: Mapping[str, Any], model: str) -> int:
-    """Prompt tokens one message adds (OpenAI's recipe, as in proxy/tokens.py)."""
-    return tokens.count_messages([message], model) - 3
-
-
 def plan_trim(messages: Sequence[Message], rules: TrimRules, model: str = "gpt-4o",
               tools: Any = None) -> TrimPlan:
     """Choose the cut for `messages` under `rules` (pure; CPU-bound for long lists)."""
-    costs = [message_tokens(m, model) for m in messages]
-    fixed = 3 + tokens.count_tools(tools, model)
+    costs = [tokens.message_tokens(m, model) for m in messages]
+    fixed = 3 + tokens.tool_tokens(tools, model)
     total = fixed + sum(costs)
     turns = [i for i, m in enumerate(messages) if m.get("role") not in INSTRUCTION_ROLES]
     n = len(turns)
@@ -233,7 +228,7 @@ class ContextTrimmer:
                 why = (f"{plan.why}; the summary by {model} failed ({summary.error}), "
                        f"so {dropped} older messages were dropped")
         else:
-            after = plan.kept_tokens + message_tokens(summary_message(summary.text), ctx.model)
+            after = plan.kept_tokens + tokens.message_tokens(summary_message(summary.text), ctx.model)
             action, why = "summarized", (f"{plan.why}; {dropped} older messages replaced by "
                                          f"a summary ({summary.source})")
         if summary is not None:
