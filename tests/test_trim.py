@@ -122,6 +122,12 @@ def test_system_messages_in_the_cut_part_are_kept_in_the_head() -> None:
     assert plan.messages("S")[2] == {"role": "system", "content": SUMMARY_INTRO + "S"}
 
 
+def test_summary_speaks_as_developer_when_the_app_uses_developer_messages() -> None:
+    messages = [{"role": "developer", "content": "Be brief."}, *conversation(9)[1:]]
+    plan = trim.plan_trim(messages, PLAN_RULES)
+    assert plan.messages("S")[1] == {"role": "developer", "content": SUMMARY_INTRO + "S"}
+
+
 def test_older_turns_shorter_than_a_summary_are_left_alone() -> None:
     messages = [SYSTEM] + [{"role": "user", "content": "ok"} for _ in range(9)]
     plan = trim.plan_trim(messages, trim.TrimRules(keep_last=6, summarize_every=4))

@@ -63,9 +63,9 @@ class Summary:
     error: str | None = None
 
 
-def summary_message(text: str) -> dict[str, Any]:
-    """The system message that stands in for the summarized turns."""
-    return {"role": "system", "content": SUMMARY_INTRO + text}
+def summary_message(text: str, role: str = "system") -> dict[str, Any]:
+    """The system (or developer) message that stands in for the summarized turns."""
+    return {"role": role, "content": SUMMARY_INTRO + text}
 
 
 def summary_key(messages: Sequence[Message], rules: SummaryRules) -> str:

@@ -116,8 +116,13 @@ class TrimPlan:
         return bool(self.summarized)
 
     def messages(self, summary: str | None) -> list[Message]:
-        """The trimmed list: head, the summary message (if any), tail."""
-        return [*self.head, *([summary_message(summary)] if summary else []), *self.tail]
+        """The trimmed list: head, the summary message (if any), tail.
+
+        The summary speaks with the role of the first instruction (system, or
+        developer for apps that use only developer messages).
+        """
+        role = str(self.head[0].get("role")) if self.head else "system"
+        return [*self.head, *([summary_message(summary, role)] if summary else []), *self.tail]
 
 
 def plan_trim(messages: Sequence[Message], rules: TrimRules, model: str = "gpt-4o",
