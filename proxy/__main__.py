@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
-import multiprocessing
 import os
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
-from proxy.config import Config, ConfigError, hash_key, load_config, load_rules_doc
+from proxy.config import ConfigError, hash_key, load_config, load_rules_doc
+from proxy.server import serve, use_uvloop, with_overrides
 
 log = logging.getLogger("proxy")
 DEMO_KEY = "sk-proxy-demo"
@@ -21,63 +20,7 @@ DEMO_ADMIN_KEY = "sk-proxy-demo-admin"
 DEFAULT_RULES = str(Path(__file__).resolve().parent.parent / "rules" / "config.toml")
 
 
-def _use_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-def with_overrides(config: Config, host: str | None, port: int | None,
-                   workers: int | None, upstream: str | None) -> Config:
-    """Apply command-line overrides (`--upstream` replaces the first upstream's URL)."""
-    server = dataclasses.replace(
-        config.server,
-        host=host or config.server.host,
-        port=config.server.port if port is None else port,
-        workers=workers or config.server.workers,
-    )
-    upstreams = config.upstreams
-    if upstream:
-        first = dataclasses.replace(upstreams[0], base_url=upstream.rstrip("/"))
-        upstreams = (first, *upstreams[1:])
-    return dataclasses.replace(config, server=server, upstreams=upstreams)
-
-
-def run_worker(config: Config, rules: str, reuse_port: bool) -> None:
-    """Run one server process until it is signalled to stop."""
-    from proxy.app import create_app
-
-    _use_uvloop()
-    app = create_app(config, rules)
-    web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=reuse_port,
-                access_log=None, print=None, backlog=2048)
-
-
-def serve(config: Config, rules: str) -> None:
-    """Run `server.workers` processes sharing one port (SO_REUSEPORT)."""
-    workers = config.server.workers
-    print(f"proxy listening on http://{config.server.host}:{config.server.port}/v1 "
-          f"({workers} worker{'s' if workers > 1 else ''})", flush=True)
-    if workers == 1:
-        run_worker(config, rules, reuse_port=False)
-        return
-    spawn = multiprocessing.get_context("spawn")
-    procs = [spawn.Process(target=run_worker, args=(config, rules, True), daemon=False)
-             for _ in range(workers)]
-    for proc in procs:
-        proc.start()
-    try:
-        for proc in procs:
-            proc.join()
-    except KeyboardInterrupt:
-        for proc in procs:
-            proc.terminate()
-            proc.join()
-
-
-async def _demo(port: int, rules: str, db_path: str) -> None:
+async def _demo(host: str, port: int, rules: str, db_path: str) -> None:
     from proxy.app import create_app
     from proxy.demo import demo_config
     from proxy.upstream.fake import FakeUpstream
@@ -92,9 +35,10 @@ async def _demo(port: int, rules: str, db_path: str) -> None:
                          hash_key(DEMO_KEY), hash_key(DEMO_ADMIN_KEY))
     runner = web.AppRunner(create_app(config, rules), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    site = web.TCPSite(runner, host, port)
     await site.start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{shown}:{runner.addresses[0][1]}/v1"
     print(f"""LLM cost proxy demo (fake upstream, no API key needed)
   base URL : {base}
   API key  : {DEMO_KEY}
@@ -141,12 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--workers", type=int, default=None)
     p_serve.add_argument("--upstream", default=None, help="base URL of the default upstream")
     p_demo = sub.add_parser("demo", help="run against a built-in fake upstream (no API key)")
+    p_demo.add_argument("--host", default="127.0.0.1")
     p_demo.add_argument("--port", type=int, default=8080)
     p_demo.add_argument("--rules", default=DEFAULT_RULES)
     p_demo.add_argument("--db", default=os.path.join(os.getcwd(), "proxy-demo.db"))
     p_check = sub.add_parser("check", help="validate config and rules")
     p_check.add_argument("--config", default="config.toml")
     p_check.add_argument("--rules", default=None)
+    p_fake = sub.add_parser("fake-upstream", help="run only the OpenAI-shaped fake upstream")
+    p_fake.add_argument("--port", type=int, default=9090)
+    p_fake.add_argument("--ttft", type=float, default=0.0, help="seconds to first token")
+    p_fake.add_argument("--tokens-per-second", type=float, default=0.0)
     p_hash = sub.add_parser("hash-key", help="print the sha256 to put in config.toml")
     p_hash.add_argument("key")
     args = parser.parse_args(argv)
@@ -157,10 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "hash-key":
         print(hash_key(args.key))
         return 0
+    if args.command == "fake-upstream":
+        from proxy.upstream.fake import FakeUpstream
+
+        use_uvloop()
+        fake = FakeUpstream(ttft=args.ttft, tokens_per_second=args.tokens_per_second,
+                            record=False)
+        print(f"fake upstream on http://127.0.0.1:{args.port}/v1", flush=True)
+        web.run_app(fake.app(), host="127.0.0.1", port=args.port, access_log=None, print=None)
+        return 0
     if args.command == "demo":
-        _use_uvloop()
+        use_uvloop()
         try:
-            asyncio.run(_demo(args.port, args.rules, args.db))
+            asyncio.run(_demo(args.host, args.port, args.rules, args.db))
         except KeyboardInterrupt:
             pass
         return 0

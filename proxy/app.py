@@ -13,7 +13,7 @@ import redis.asyncio
 from aiohttp import web
 
 from proxy import tokens
-from proxy.api import admin, chat, models
+from proxy.api import admin, cache, chat, explain, models
 from proxy.app_keys import PIPELINE, REQUEST_ID, SERVICES, TENANT
 from proxy.auth import KeyRing
 from proxy.config import Config
@@ -21,8 +21,9 @@ from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
 from proxy.pipeline.registry import PipelineHolder
 from proxy.pricing import PriceTable
 from proxy.services import Services
-from proxy.store.kv import SqliteKV
+from proxy.store.kv import KVStore, SqliteKV
 from proxy.store.ledger import Ledger
+from proxy.store.redis_kv import RedisKV
 from proxy.store.sqlite import open_db
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.terminal import UpstreamTerminal
@@ -81,10 +82,14 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
         db = await open_db(config.storage.sqlite_path)
         ledger = Ledger(db)
         await ledger.start()
-        kv = SqliteKV(db)
-        await kv.start()
         redis_client = (redis.asyncio.from_url(config.storage.redis_url)
                         if config.storage.backend == "redis" else None)
+        kv: KVStore
+        if redis_client is not None:
+            kv = RedisKV(redis_client, config.storage.redis_prefix)
+        else:
+            kv = sqlite_kv = SqliteKV(db)
+            await sqlite_kv.start()
         services = Services(
             config=config,
             prices=PriceTable(config.prices, config.default_price),
@@ -131,5 +136,7 @@ def create_app(config: Config, rules_path: str | None = None) -> web.Application
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.retrieve_model)
+    app.router.add_post("/v1/proxy/explain", explain.explain)
     admin.add_routes(app)
+    cache.add_routes(app)
     return app

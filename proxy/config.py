@@ -165,6 +165,7 @@ class StorageConfig:
     backend: str = "sqlite"
     sqlite_path: str = "proxy.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "proxy:"
     redis_failure: str = "open"
 
 
@@ -298,11 +299,12 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
     admin = root.sub("admin")
     admin.reject_unknown({"key_sha256"})
     st = root.sub("storage")
-    st.reject_unknown({"backend", "sqlite_path", "redis_url", "redis_failure"})
+    st.reject_unknown({"backend", "sqlite_path", "redis_url", "redis_prefix", "redis_failure"})
     storage = StorageConfig(
         backend=st.choice("backend", ("sqlite", "redis"), "sqlite"),
         sqlite_path=st.str("sqlite_path", "proxy.db"),
         redis_url=st.str("redis_url", "redis://127.0.0.1:6379/0"),
+        redis_prefix=st.str("redis_prefix", "proxy:"),
         redis_failure=st.choice("redis_failure", ("open", "closed"), "open"),
     )
     pricing = root.sub("pricing")

@@ -25,6 +25,7 @@ from proxy.services import Services
 from proxy.upstream.fake import FakeUpstream
 
 T = TypeVar("T")
+S = TypeVar("S", bound="BackgroundServers")
 KEYS = {"alice": "sk-test-alice", "bob": "sk-test-bob"}
 ADMIN_KEY = "sk-test-admin"
 
@@ -57,24 +58,15 @@ def test_config(upstream_url: str, db_path: str, extra: dict[str, Any] | None = 
     return parse_config(copy.deepcopy(doc), "test-config")
 
 
-class LiveProxy:
-    """A proxy and a fake upstream served from a private event loop in a thread."""
+class BackgroundServers:
+    """aiohttp apps served on real ports from a private event loop in a thread."""
 
-    def __init__(self, tmp_path: Path, rules: str = "pipeline = []\n",
-                 config: dict[str, Any] | None = None, fake: FakeUpstream | None = None):
-        self.tmp_path = Path(tmp_path)
-        self.rules_path = self.tmp_path / "rules.toml"
-        self.rules_path.write_text(rules)
-        self.extra = config
-        self.fake = fake or FakeUpstream()
+    def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._runners: list[web.AppRunner] = []
-        self.base_url = ""
-        self.fake_url = ""
-        self.app: web.Application | None = None
 
-    def __enter__(self) -> LiveProxy:
+    def __enter__(self: S) -> S:
         self._thread.start()
         self.run(self._start())
         return self
@@ -82,8 +74,11 @@ class LiveProxy:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    async def _start(self) -> None:
+        raise NotImplementedError
+
     def stop(self) -> None:
-        """Shut both servers down cleanly (the ledger is flushed) and end the thread."""
+        """Shut the servers down cleanly (cleanup contexts run) and end the thread."""
         if self._runners:
             self.run(self._cleanup())
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -97,12 +92,6 @@ class LiveProxy:
         self._runners.append(runner)
         return f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
 
-    async def _start(self) -> None:
-        self.fake_url = await self._serve(self.fake.app())
-        self.config = test_config(self.fake_url, str(self.tmp_path / "proxy.db"), self.extra)
-        self.app = create_app(self.config, str(self.rules_path))
-        self.base_url = await self._serve(self.app)
-
     async def _cleanup(self) -> None:
         for runner in reversed(self._runners):
             await runner.cleanup()
@@ -111,6 +100,41 @@ class LiveProxy:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         """Run a coroutine on the servers' loop and return its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+class FakeServer(BackgroundServers):
+    """Only the fake upstream, for tests that run the proxy as a separate process."""
+
+    def __init__(self, fake: FakeUpstream | None = None) -> None:
+        super().__init__()
+        self.fake = fake or FakeUpstream()
+        self.url = ""
+
+    async def _start(self) -> None:
+        self.url = await self._serve(self.fake.app())
+
+
+class LiveProxy(BackgroundServers):
+    """A proxy and a fake upstream served from a private event loop in a thread."""
+
+    def __init__(self, tmp_path: Path, rules: str = "pipeline = []\n",
+                 config: dict[str, Any] | None = None, fake: FakeUpstream | None = None):
+        super().__init__()
+        self.tmp_path = Path(tmp_path)
+        self.tmp_path.mkdir(parents=True, exist_ok=True)
+        self.rules_path = self.tmp_path / "rules.toml"
+        self.rules_path.write_text(rules)
+        self.extra = config
+        self.fake = fake or FakeUpstream()
+        self.base_url = ""
+        self.fake_url = ""
+        self.app: web.Application | None = None
+
+    async def _start(self) -> None:
+        self.fake_url = await self._serve(self.fake.app())
+        self.config = test_config(self.fake_url, str(self.tmp_path / "proxy.db"), self.extra)
+        self.app = create_app(self.config, str(self.rules_path))
+        self.base_url = await self._serve(self.app)
 
     @property
     def services(self) -> Services:

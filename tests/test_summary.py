@@ -17,7 +17,7 @@ from proxy.pipeline.summary import (
     summary_message,
     transcript,
 )
-from proxy.store.kv import SqliteKV
+from proxy.store.kv import SqliteKV, StoreError
 
 NS = "summary:test"
 
@@ -47,14 +47,23 @@ def turns(n: int) -> list[dict[str, Any]]:
 
 
 class CountingKV(SqliteKV):
-    """SqliteKV that counts finished reads (to know when waiters are past them)."""
+    """SqliteKV that counts finished reads (to know when waiters are past them) and can
+    be made to fail like a store whose backend is down."""
 
     reads = 0
+    down = False
 
     async def get(self, ns: str, key: str) -> bytes | None:
+        if self.down:
+            raise StoreError("redis store failed: ConnectionError")
         value = await super().get(ns, key)
         self.reads += 1
         return value
+
+    async def put(self, ns: str, key: str, value: bytes, ttl: float | None = None) -> None:
+        if self.down:
+            raise StoreError("redis store failed: ConnectionError")
+        await super().put(ns, key, value, ttl)
 
 
 @pytest.fixture
@@ -138,6 +147,27 @@ async def test_dry_run_reads_the_store_but_never_calls_upstream(summarizer: Summ
     assert (missing.source, missing.text) == ("missing", None)
     assert (stored.source, stored.text) == ("stored", "summary #1")
     assert len(upstream.bodies) == 1
+
+
+async def test_store_down_reports_a_failure_without_calling_upstream(
+        summarizer: Summarizer, upstream: GatedUpstream, kv: CountingKV) -> None:
+    kv.down = True
+    result = await summarizer.summarize(NS, turns(4))
+    assert (result.source, result.error) == ("failed", "redis store failed: ConnectionError")
+    assert upstream.bodies == []
+
+
+async def test_summary_made_while_the_store_breaks_is_still_used(
+        summarizer: Summarizer, upstream: GatedUpstream, kv: CountingKV) -> None:
+    upstream.gate.clear()
+    waiting = asyncio.create_task(summarizer.summarize(NS, turns(4)))
+    for _ in range(5000):  # until the call is out
+        if upstream.bodies:
+            break
+        await asyncio.sleep(0.001)
+    kv.down = True
+    upstream.gate.set()
+    assert (await waiting).text == "summary #1"
 
 
 async def test_summaries_are_kept_per_namespace(summarizer: Summarizer,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from aiohttp import web
 import orjson
+from aiohttp import web
 
 from proxy.app_keys import SERVICES, tenant_of
 from proxy.errors import NotFound

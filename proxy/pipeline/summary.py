@@ -12,6 +12,7 @@ and, with the summary kept on the thread, by thread runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ import orjson
 
 from proxy.errors import ProxyError
 from proxy.pipeline.core import Usage
-from proxy.store.kv import KVStore
+from proxy.store.kv import KVStore, StoreError
 from proxy.upstream.client import UpstreamClient
 
 log = logging.getLogger("proxy.summary")
@@ -141,7 +142,10 @@ class Summarizer:
         key = summary_key(messages, self.rules)
         task = self.inflight.get(key)
         if task is None:
-            value = await self.kv.get(namespace, key)
+            try:
+                value = await self.kv.get(namespace, key)
+            except StoreError as exc:  # no store: truncate rather than pay per request
+                return Summary(None, "failed", key, error=str(exc))
             if value is not None:
                 return Summary(value.decode(), "stored", key)
             if dry_run:
@@ -168,11 +172,15 @@ class Summarizer:
         previous, start = None, 0
         if step > 0:
             for start in range((len(messages) - 1) // step * step, 0, -step):
-                previous = await self.stored(namespace, messages[:start])
+                with contextlib.suppress(StoreError):
+                    previous = await self.stored(namespace, messages[:start])
                 if previous is not None:
                     break
             else:
                 start = 0
         text, usage = await self.make(messages[start:], previous)
-        await self.kv.put(namespace, key, text.encode(), ttl=self.rules.ttl_seconds)
+        try:
+            await self.kv.put(namespace, key, text.encode(), ttl=self.rules.ttl_seconds)
+        except StoreError as exc:
+            log.warning("summary %s made but not stored: %s", key[:12], exc)
         return text, usage

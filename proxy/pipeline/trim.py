@@ -233,7 +233,8 @@ class ContextTrimmer:
                 why = (f"{plan.why}; the summary by {model} failed ({summary.error}), "
                        f"so {dropped} older messages were dropped")
         else:
-            after = plan.kept_tokens + tokens.message_tokens(summary_message(summary.text), ctx.model)
+            summary_tokens = tokens.message_tokens(summary_message(summary.text), ctx.model)
+            after = plan.kept_tokens + summary_tokens
             action, why = "summarized", (f"{plan.why}; {dropped} older messages replaced by "
                                          f"a summary ({summary.source})")
         if summary is not None:

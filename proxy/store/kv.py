@@ -1,29 +1,64 @@
 """A namespaced key-value store with TTL, for caches and stored summaries.
 
-`KVStore` is the interface; `SqliteKV` the embedded default. Keys live in a
-namespace (a tenant's cache namespace, or a stage's own) so one namespace can
-be purged at once and never reads another's entries. Values are bytes.
+`KVStore` is the interface; `SqliteKV` the embedded default, `RedisKV`
+(proxy/store/redis_kv.py) the one shared by replicas. Keys live in a namespace
+(a tenant's cache namespace, or a stage's own) so one namespace can be purged
+at once and never reads another's entries. Values are bytes. Every entry
+remembers when it was last used (`put` or `touch`), so a namespace can be kept
+under a size by evicting the least recently used entries first.
 """
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 import time
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NamedTuple, ParamSpec, Protocol, TypeVar
 
 import aiosqlite
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
     ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, expires REAL,
+    used REAL NOT NULL DEFAULT 0, size INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (ns, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires);
 """
+_LRU_INDEX = "CREATE INDEX IF NOT EXISTS kv_lru ON kv (ns, used, size);"
+_ADD_LRU_COLUMNS = """
+ALTER TABLE kv ADD COLUMN used REAL NOT NULL DEFAULT 0;
+ALTER TABLE kv ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+UPDATE kv SET size = length(value);
+"""
+# keep the `max_entries` most recently used, then drop further while over `max_bytes`
+_EVICT = """
+DELETE FROM kv WHERE ns = ? AND key IN (
+    SELECT key FROM (
+        SELECT key, ROW_NUMBER() OVER w AS n, SUM(size) OVER w AS total FROM kv WHERE ns = ?
+        WINDOW w AS (ORDER BY used DESC, key ROWS UNBOUNDED PRECEDING))
+    WHERE n > ? OR total > ?)
+"""
+_UNLIMITED = 2**62
+
+
+class StoreError(Exception):
+    """The store's backend failed (Redis down, sqlite locked); callers may degrade."""
+
+
+class KVUsage(NamedTuple):
+    """How much a namespace holds (expired entries count until evicted)."""
+
+    entries: int
+    bytes: int
 
 
 class KVStore(Protocol):
-    """Namespaced bytes with optional expiry."""
+    """Namespaced bytes with optional expiry and least-recently-used eviction."""
 
     async def get(self, ns: str, key: str) -> bytes | None:
         """The value, or None when absent or expired."""
@@ -38,12 +73,47 @@ class KVStore(Protocol):
         ...
 
     async def purge(self, ns: str) -> int:
-        """Remove a whole namespace; returns how many entries went."""
+        """Remove a whole namespace; returns how many live entries went."""
         ...
 
     def scan(self, ns: str) -> AsyncIterator[tuple[str, bytes]]:
         """Every live (key, value) of a namespace."""
         ...
+
+    async def touch(self, ns: str, key: str) -> None:
+        """Mark an entry as just used (it moves to the back of the eviction order)."""
+        ...
+
+    async def usage(self, ns: str) -> KVUsage:
+        """Entries and value bytes the namespace holds."""
+        ...
+
+    async def evict(self, ns: str, max_entries: int | None = None,
+                    max_bytes: int | None = None) -> int:
+        """Drop expired entries, then least recently used ones until within both limits;
+        returns how many live entries went."""
+        ...
+
+
+def translate_errors(
+    backend: str, *kinds: type[BaseException]
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Decorate a store method so the backend's `kinds` of failure leave it as StoreError."""
+
+    def decorate(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(method)
+        async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await method(*args, **kwargs)
+            except kinds as exc:
+                raise StoreError(f"{backend} store failed: {type(exc).__name__}: {exc}") from exc
+
+        return call
+
+    return decorate
+
+
+_translated = translate_errors("sqlite", sqlite3.Error)
 
 
 class SqliteKV:
@@ -53,9 +123,15 @@ class SqliteKV:
         self.db = db
 
     async def start(self) -> None:
-        """Create the table if needed."""
+        """Create the table if needed (adding the LRU columns to an older one)."""
         await self.db.executescript(_SCHEMA)
+        async with self.db.execute("PRAGMA table_info(kv)") as cur:
+            columns = {row[1] async for row in cur}
+        if "used" not in columns:
+            await self.db.executescript(_ADD_LRU_COLUMNS)
+        await self.db.execute(_LRU_INDEX)
 
+    @_translated
     async def get(self, ns: str, key: str) -> bytes | None:
         """The value, or None when absent or expired."""
         async with self.db.execute(
@@ -65,26 +141,63 @@ class SqliteKV:
             row = await cur.fetchone()
         return bytes(row[0]) if row else None
 
+    @_translated
     async def put(self, ns: str, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store a value, expiring after `ttl` seconds (never when None)."""
-        expires = time.time() + ttl if ttl is not None else None
-        await self.db.execute("INSERT OR REPLACE INTO kv (ns, key, value, expires) "
-                              "VALUES (?, ?, ?, ?)", (ns, key, value, expires))
+        now = time.time()
+        expires = now + ttl if ttl is not None else None
+        await self.db.execute("INSERT OR REPLACE INTO kv (ns, key, value, expires, used, size) "
+                              "VALUES (?, ?, ?, ?, ?, ?)",
+                              (ns, key, value, expires, now, len(value)))
 
+    @_translated
     async def delete(self, ns: str, key: str) -> None:
         """Remove one entry."""
         await self.db.execute("DELETE FROM kv WHERE ns = ? AND key = ?", (ns, key))
 
+    @_translated
     async def purge(self, ns: str) -> int:
-        """Remove a whole namespace; returns how many entries went."""
+        """Remove a whole namespace; returns how many live entries went."""
+        await self.db.execute("DELETE FROM kv WHERE ns = ? AND expires <= ?", (ns, time.time()))
         cur = await self.db.execute("DELETE FROM kv WHERE ns = ?", (ns,))
         return cur.rowcount
 
     async def scan(self, ns: str) -> AsyncIterator[tuple[str, bytes]]:
         """Every live (key, value) of a namespace."""
-        async with self.db.execute(
-            "SELECT key, value FROM kv WHERE ns = ? AND (expires IS NULL OR expires > ?)",
-            (ns, time.time()),
-        ) as cur:
-            async for key, value in cur:
-                yield key, bytes(value)
+        try:
+            async with self.db.execute(
+                "SELECT key, value FROM kv WHERE ns = ? AND (expires IS NULL OR expires > ?)",
+                (ns, time.time()),
+            ) as cur:
+                async for key, value in cur:
+                    yield key, bytes(value)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite store failed: {type(exc).__name__}: {exc}") from exc
+
+    @_translated
+    async def touch(self, ns: str, key: str) -> None:
+        """Mark an entry as just used (it moves to the back of the eviction order)."""
+        await self.db.execute("UPDATE kv SET used = ? WHERE ns = ? AND key = ?",
+                              (time.time(), ns, key))
+
+    @_translated
+    async def usage(self, ns: str) -> KVUsage:
+        """Entries and value bytes the namespace holds."""
+        async with self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM kv "
+                                   "WHERE ns = ?", (ns,)) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return KVUsage(int(row[0]), int(row[1]))
+
+    @_translated
+    async def evict(self, ns: str, max_entries: int | None = None,
+                    max_bytes: int | None = None) -> int:
+        """Drop expired entries, then least recently used ones until within both limits;
+        returns how many live entries went."""
+        await self.db.execute("DELETE FROM kv WHERE ns = ? AND expires <= ?", (ns, time.time()))
+        if max_entries is None and max_bytes is None:
+            return 0
+        cur = await self.db.execute(_EVICT, (ns, ns, _UNLIMITED if max_entries is None
+                                             else max_entries,
+                                             _UNLIMITED if max_bytes is None else max_bytes))
+        return cur.rowcount

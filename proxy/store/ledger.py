@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 import aiosqlite
@@ -42,7 +43,7 @@ class LedgerEntry:
 
 
 _COLUMNS = [f.name for f in fields(LedgerEntry)]
-_SCHEMA = f"""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
     request_id TEXT, ts REAL, tenant TEXT, namespace TEXT, requested_model TEXT, model TEXT,
     stage TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL,
@@ -52,6 +53,7 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
 CREATE INDEX IF NOT EXISTS ledger_tenant_ts ON ledger (tenant, ts);
 """
+_ROW = attrgetter(*[f.name for f in fields(LedgerEntry)])
 _INSERT = f"INSERT INTO ledger ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
 
@@ -93,7 +95,7 @@ class Ledger:
             return
         rows, self._pending = self._pending, []
         try:
-            await self.db.executemany(_INSERT, [astuple(r) for r in rows])
+            await self.db.executemany(_INSERT, [_ROW(r) for r in rows])
         except Exception:  # keep the rows for the next try rather than lose them
             log.exception("ledger flush failed; %d rows kept for retry", len(rows))
             self._pending[:0] = rows

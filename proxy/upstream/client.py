@@ -21,7 +21,7 @@ import orjson
 from proxy.config import Config, UpstreamConfig
 from proxy.errors import UpstreamError
 from proxy.pipeline.core import Context, Reply, Usage
-from proxy.upstream.sse import event, split_events, event_data
+from proxy.upstream.sse import event, event_data, split_events
 
 log = logging.getLogger("proxy.upstream")
 

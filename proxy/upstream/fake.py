@@ -201,9 +201,10 @@ def answer(body: dict[str, Any]) -> dict[str, Any]:
             finish = "tool_calls"
             completion_tokens += tokens.count_text(call["function"]["arguments"]) + 8
         else:
-            text = (f"[{model}] Here is my answer to: {_last_text(messages)[:300]}"
-                    if messages[-1].get("role") != "tool"
-                    else f"[{model}] Based on the tool result: {_last_text(messages, 'tool')[:200]}")
+            if messages[-1].get("role") == "tool":
+                text = f"[{model}] Based on the tool result: {_last_text(messages, 'tool')[:200]}"
+            else:
+                text = f"[{model}] Here is my answer to: {_last_text(messages)[:300]}"
             limit = body.get("max_completion_tokens") or body.get("max_tokens")
             enc = tokens.encoding_for_model(model)
             ids = enc.encode_ordinary(text)

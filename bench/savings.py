@@ -1,0 +1,166 @@
+"""Replay the coaching workload through the proxy and report what it saved.
+
+    python bench/savings.py [--rules rules/config.toml] [--limit N] [--mode chat|threads]
+
+chat mode: each user is one conversation, sent as a chat app does it: a system
+prompt, three tool definitions (~500 tokens), the whole growing history, model
+gpt-4o. threads mode: the same traffic through the Assistants surface (one thread
+per user, one run per message). The fake upstream answers; the ledger prices
+what was sent against what the app sent. Reported: share answered by each
+stage, the model mix, tokens sent vs as sent, cost vs baseline, and answers
+given where they should not have been (pattern replies to non-greetings, cache
+hits on context-dependent messages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from proxy.testing import LiveProxy  # noqa: E402
+
+WORKLOAD = ROOT.parent / "shared" / "data" / "workload_dev.jsonl"
+SYSTEM = ("You are Coach, a warm, concise habit and fitness coach inside a mobile app. "
+          "Keep answers short, encouraging and specific. Ask one question at a time. "
+          "Use the user's goals and history. Never give medical diagnoses.")
+TOOLS: list[dict[str, Any]] = [
+    {"type": "function", "function": {
+        "name": "log_habit_completion",
+        "description": "Record that the user completed a habit today, with optional notes, "
+                       "duration and perceived effort, so streaks and stats stay accurate.",
+        "parameters": {"type": "object", "properties": {
+            "habit_id": {"type": "string", "description": "Identifier of the habit"},
+            "completed_at": {"type": "string", "description": "ISO 8601 timestamp"},
+            "duration_minutes": {"type": "integer", "description": "How long it took"},
+            "effort": {"type": "integer", "description": "Perceived effort from 1 to 10"},
+            "notes": {"type": "string", "description": "Free-form notes from the user"}},
+            "required": ["habit_id"]}}},
+    {"type": "function", "function": {
+        "name": "get_user_stats",
+        "description": "Fetch the user's streaks, completion rates and recent check-ins for "
+                       "a time range, to answer questions about progress and patterns.",
+        "parameters": {"type": "object", "properties": {
+            "range": {"type": "string", "enum": ["week", "month", "quarter", "year"],
+                      "description": "Time range of the statistics"},
+            "habit_id": {"type": "string", "description": "Only this habit, if given"},
+            "include_checkins": {"type": "boolean", "description": "Include check-in notes"}},
+            "required": ["range"]}}},
+    {"type": "function", "function": {
+        "name": "update_goal",
+        "description": "Create or change one of the user's goals: target, deadline, "
+                       "frequency and reminder time, after the user agreed to it.",
+        "parameters": {"type": "object", "properties": {
+            "goal_id": {"type": "string", "description": "Existing goal, or empty for new"},
+            "title": {"type": "string", "description": "Short name of the goal"},
+            "target": {"type": "string", "description": "Measurable target, e.g. 5 km"},
+            "deadline": {"type": "string", "description": "ISO 8601 date"},
+            "frequency": {"type": "string", "enum": ["daily", "weekly", "monthly"]},
+            "reminder_time": {"type": "string", "description": "HH:MM local time"}},
+            "required": ["title"]}}},
+]
+GREETING_KINDS = {"greeting", "completion"}
+FREE_STAGES = {"pattern", "exact_cache", "semantic_cache"}
+
+
+def load_events(limit: int | None) -> list[dict[str, Any]]:
+    """The workload's events in time order."""
+    events = [json.loads(line) for line in WORKLOAD.read_text().splitlines() if line.strip()]
+    return events[:limit] if limit else events
+
+
+def replay_chat(live: LiveProxy, events: list[dict[str, Any]]) -> list[str]:
+    """Send every event as the chat app would; returns the answering stage per event."""
+    client = live.client()
+    histories: dict[str, list[dict[str, Any]]] = {}
+    stages = []
+    for ev in events:
+        history = histories.setdefault(ev["user"], [])
+        history.append({"role": "user", "content": ev["text"]})
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "system", "content": SYSTEM}, *history],
+            tools=TOOLS, metadata={"user_id": ev["user"]})
+        completion = raw.parse()
+        message = completion.choices[0].message
+        history.append({"role": "assistant", "content": message.content or ""})
+        stages.append(raw.headers.get("x-proxy-stage", "upstream"))
+    return stages
+
+
+def replay_threads(live: LiveProxy, events: list[dict[str, Any]]) -> list[str]:
+    """One thread per user, one run per message, through the Assistants surface."""
+    client = live.client()
+    assistant = client.beta.assistants.create(model="gpt-4o", instructions=SYSTEM,
+                                              tools=TOOLS)  # type: ignore[arg-type]
+    threads: dict[str, str] = {}
+    for ev in events:
+        if ev["user"] not in threads:
+            threads[ev["user"]] = client.beta.threads.create().id
+        thread_id = threads[ev["user"]]
+        client.beta.threads.messages.create(thread_id, role="user", content=ev["text"])
+        client.beta.threads.runs.create_and_poll(thread_id=thread_id,
+                                                 assistant_id=assistant.id,
+                                                 poll_interval_ms=5)
+    rows = [r for r in live.ledger_rows() if r["source"] == "thread"]
+    return [r["stage"] for r in rows]
+
+
+def summarize(events: list[dict[str, Any]], stages: list[str],
+              rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """Shares, costs and wrong answers of a replay."""
+    n = len(stages)
+    wrong_pattern = [ev["text"] for ev, st in zip(events, stages)
+                     if st == "pattern" and ev["kind"] not in GREETING_KINDS]
+    wrong_cache = [ev["text"] for ev, st in zip(events, stages)
+                   if st in ("exact_cache", "semantic_cache") and ev["context_dependent"]]
+    cost = sum(r["cost_usd"] for r in rows)
+    baseline = sum(r["baseline_usd"] for r in rows)
+    models = Counter(r["model"] for r in rows if r["stage"] == "upstream")
+    return {
+        "events": n,
+        "seconds": round(seconds, 1),
+        "answered_by": {k: f"{v / n:.1%}" for k, v in Counter(stages).most_common()},
+        "upstream_models": dict(models),
+        "prompt_tokens_sent": sum(r["prompt_tokens"] for r in rows),
+        "cost_usd": round(cost, 4),
+        "baseline_usd": round(baseline, 4),
+        "saved": f"{1 - cost / baseline:.1%}" if baseline else "n/a",
+        "pattern_replies_to_non_greetings": len(wrong_pattern),
+        "cache_hits_on_context_dependent": len(wrong_cache),
+        "examples_wrong": (wrong_pattern + wrong_cache)[:10],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rules", default=str(ROOT / "rules" / "config.toml"))
+    parser.add_argument("--limit", type=int, default=None, help="replay only the first N events")
+    parser.add_argument("--mode", choices=("chat", "threads"), default="chat")
+    parser.add_argument("--out", default=None, help="write the JSON summary here")
+    args = parser.parse_args()
+    events = load_events(args.limit)
+    with tempfile.TemporaryDirectory() as tmp, \
+            LiveProxy(Path(tmp), rules=Path(args.rules).read_text()) as live:
+        start = time.perf_counter()
+        replay = replay_chat if args.mode == "chat" else replay_threads
+        stages = replay(live, events)
+        seconds = time.perf_counter() - start
+        rows = [r for r in live.ledger_rows() if r["source"] == args.mode.rstrip("s")]
+    summary = summarize(events, stages, rows, seconds)
+    text = json.dumps(summary, indent=2, ensure_ascii=False)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Cache administration: `DELETE /v1/proxy/cache/{namespace}` (admin key only).
+
+Purges one tenant namespace from every cache: each object in `services.state`
+with an `async purge_namespace(namespace) -> int` (the exact cache's entries,
+and any other cache that registers one) is asked to drop it.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.app_keys import SERVICES, tenant_of
+from proxy.errors import PermissionDenied
+from proxy.pipeline.exact_cache import exact_entries
+
+
+async def purge_namespace(request: web.Request) -> web.Response:
+    """Drop every cached answer of one namespace; answers how many went per cache."""
+    if not tenant_of(request).is_admin:
+        raise PermissionDenied("Purging a cache needs the admin key.")
+    services = request.app[SERVICES]
+    namespace = request.match_info["namespace"]
+    exact_entries(services)  # entries stored before a restart are purged even if unused since
+    purged = {}
+    for name, holder in list(services.state.items()):
+        purge = getattr(holder, "purge_namespace", None)
+        if purge is not None:
+            purged[name] = await purge(namespace)
+    return web.json_response({"object": "cache.purge", "namespace": namespace,
+                              "purged": purged})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the cache admin routes."""
+    app.router.add_delete("/v1/proxy/cache/{namespace}", purge_namespace)

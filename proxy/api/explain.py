@@ -1,0 +1,33 @@
+"""`POST /v1/proxy/explain`: the decision trace for a chat request, without calling upstream."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from proxy import tokens
+from proxy.api.chat import build_context
+from proxy.app_keys import PIPELINE
+
+
+async def explain(request: web.Request) -> web.Response:
+    """Run the pipeline in dry-run mode and report what each stage would do."""
+    ctx = build_context(request, await request.read())
+    ctx.dry_run = True
+    before = tokens.count_request(ctx.body)
+    tools_before = len(ctx.body.get("tools") or ctx.body.get("functions") or [])
+    messages_before = len(ctx.messages)
+    reply = await request.app[PIPELINE].current(ctx)
+    after = tokens.count_request(ctx.body) if reply.stage == "upstream" else 0
+    report = {
+        "object": "proxy.explanation",
+        "answered_by": reply.stage,
+        "requested_model": ctx.requested_model,
+        "model": ctx.model if reply.stage == "upstream" else ctx.requested_model,
+        "prompt_tokens": {"as_sent": before, "forwarded": after, "saved": before - after},
+        "messages": {"as_sent": messages_before, "forwarded": len(ctx.messages)},
+        "tools": {"as_sent": tools_before,
+                  "forwarded": len(ctx.body.get("tools") or ctx.body.get("functions") or [])},
+        "trace": [d.to_dict() for d in ctx.trace],
+    }
+    return web.Response(body=orjson.dumps(report), content_type="application/json")

@@ -1,0 +1,303 @@
+"""Exact cache: the same request again gets the stored answer, free and at once.
+
+The key is the sha256 of the canonical request (orjson, sorted keys): the tenant's
+cache namespace, the requested model (before routing) and every body field that
+can change the answer. Fields that cannot (`stream`, `stream_options`,
+`store`, `service_tier`, `prompt_cache_key`) never enter the key; the caller's
+identity (`user`, `safety_identifier`, `metadata`) enters it only when a rule
+makes entries user-specific (`per_user`). Unknown fields always enter it: a
+new parameter costs hits, never correctness.
+
+Stored: single-choice upstream answers that finished (`stop`, and `length` when
+`cache_truncated`: the key holds max_tokens, so the same request would be cut
+at the same place), without tool calls unless `cache_tool_calls`. Never stored:
+errors, streams that did not reach `[DONE]` or were aborted, answers produced
+by a fallback model or by another stage. Streams are assembled from the chunks
+that passed through; writes run behind the response (CacheEntries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from proxy.config import Section
+from proxy.pipeline.cache_control import HEADER, CacheDirectives
+from proxy.pipeline.core import Chunks, Context, Next, Reply, Usage
+from proxy.pipeline.replies import StreamAssembler, completion_id, completion_to_events
+from proxy.store.cache_entries import CacheEntries, SizeLimits
+from proxy.store.kv import StoreError
+from proxy.upstream.sse import from_list, split_events
+
+if TYPE_CHECKING:
+    from proxy.services import Services
+
+NAME = "exact_cache"
+NOT_IN_KEY = frozenset({"model", "stream", "stream_options", "store", "service_tier",
+                        "prompt_cache_key", "prompt_cache_retention"})
+IDENTITY_FIELDS = frozenset({"user", "safety_identifier", "metadata"})
+OFF_LOOP_BYTES = 256 * 1024
+_POLICY_FIELDS = {"enabled", "ttl_seconds", "per_user", "cache_sampled", "cache_tool_calls",
+                  "cache_truncated", "max_user_messages"}
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What is cached, and for how long, for one kind of request."""
+
+    enabled: bool = True
+    ttl_seconds: float = 86_400.0
+    per_user: bool = False
+    cache_sampled: bool = True
+    cache_tool_calls: bool = False
+    cache_truncated: bool = True
+    max_user_messages: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A `[[exact_cache.rules]]` entry: a policy for matching models and keys."""
+
+    models: tuple[str, ...] | None
+    keys: tuple[str, ...] | None
+    policy: Policy
+
+    def matches(self, model: str, key_name: str) -> bool:
+        """True when the requested model and the proxy key both match."""
+        return ((self.models is None or any(fnmatch.fnmatchcase(model, p) for p in self.models))
+                and (self.keys is None or key_name in self.keys))
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The exact cache's rules: default policy, overrides (first match wins), size bounds."""
+
+    default: Policy = field(default_factory=Policy)
+    overrides: tuple[Override, ...] = ()
+    limits: SizeLimits = field(default_factory=lambda: SizeLimits(10_000, 64 * 1024 * 1024))
+
+    def policy_for(self, model: str, key_name: str) -> Policy:
+        """The policy for a request."""
+        return next((o.policy for o in self.overrides if o.matches(model, key_name)),
+                    self.default)
+
+
+def _parse_policy(s: Section, base: Policy, user_ttl: float) -> Policy:
+    per_user = s.bool("per_user", base.per_user)
+    default_ttl = user_ttl if per_user and not base.per_user else base.ttl_seconds
+    return Policy(
+        enabled=s.bool("enabled", base.enabled),
+        ttl_seconds=s.float("ttl_seconds", default_ttl, minimum=1.0),
+        per_user=per_user,
+        cache_sampled=s.bool("cache_sampled", base.cache_sampled),
+        cache_tool_calls=s.bool("cache_tool_calls", base.cache_tool_calls),
+        cache_truncated=s.bool("cache_truncated", base.cache_truncated),
+        max_user_messages=s.int("max_user_messages", base.max_user_messages, minimum=1),
+    )
+
+
+def parse_rules(section: Section) -> Rules:
+    """Validate `[exact_cache]` and its `[[exact_cache.rules]]` (ConfigError names the field)."""
+    section.reject_unknown(_POLICY_FIELDS | {"user_ttl_seconds", "max_entries", "max_bytes",
+                                             "rules"})
+    user_ttl = section.float("user_ttl_seconds", 3_600.0, minimum=1.0)
+    default = _parse_policy(section, Policy(), user_ttl)
+    overrides = []
+    for rule in section.subs("rules"):
+        rule.reject_unknown(_POLICY_FIELDS | {"models", "keys"})
+        overrides.append(Override(rule.strs("models"), rule.strs("keys"),
+                                  _parse_policy(rule, default, user_ttl)))
+    limits = SizeLimits(section.int("max_entries", 10_000, minimum=1),
+                        section.int("max_bytes", 64 * 1024 * 1024, minimum=1024))
+    return Rules(default, tuple(overrides), limits)
+
+
+def uncacheable_request(body: Mapping[str, Any], policy: Policy) -> str | None:
+    """Why a request must not be looked up or stored, or None when it may."""
+    if not policy.enabled:
+        return "disabled by rule"
+    if (body.get("n") or 1) > 1:
+        return "n > 1 asks for several different answers"
+    temperature = body.get("temperature")
+    if not policy.cache_sampled and (temperature is None or temperature > 0):
+        return f"sampled (temperature {temperature if temperature is not None else 'default 1'})"
+    users = sum(1 for m in body.get("messages") or () if m.get("role") == "user")
+    if users > policy.max_user_messages:
+        return f"context-dependent: {users} user messages > max_user_messages"
+    if body.get("logprobs"):
+        return "logprobs asked for: a replay would not carry them"
+    if "audio" in (body.get("modalities") or ()):
+        return "audio output is not cached"
+    return None
+
+
+def request_key(body: Mapping[str, Any], namespace: str, requested_model: str,
+                per_user: bool) -> str:
+    """The sha256 of the canonical request."""
+    skip = NOT_IN_KEY if per_user else NOT_IN_KEY | IDENTITY_FIELDS
+    fields = {k: v for k, v in body.items() if k not in skip}
+    canonical = {"namespace": namespace, "model": requested_model, "request": fields}
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def unstorable_reply(ctx: Context, reply: Reply, completion: Any, policy: Policy) -> str | None:
+    """Why an answer must not be stored, or None when it may."""
+    if reply.stage != "upstream":
+        return f"answered by {reply.stage}"
+    if not reply.ok or reply.error:
+        return f"not a complete answer (status {reply.status}, {reply.error or 'no error'})"
+    if reply.is_stream and not reply.completed:
+        return "stream ended before [DONE]"
+    if any(d.stage == "upstream" and d.action == "fallback" for d in ctx.trace):
+        return "answered by a fallback model"
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    if not isinstance(choices, list) or len(choices) != 1:
+        return "not a single-choice chat.completion"
+    finish = choices[0].get("finish_reason")
+    message = choices[0].get("message") or {}
+    if (message.get("tool_calls") or message.get("function_call")) and not policy.cache_tool_calls:
+        return "answer has tool_calls (cache_tool_calls = false)"
+    allowed = {"stop", "tool_calls"} | ({"length"} if policy.cache_truncated else set())
+    if finish not in allowed:
+        return f"finish_reason {finish!r}"
+    return None
+
+
+class ExactCache:
+    """Answers a repeated request from the store; stores cacheable upstream answers."""
+
+    name = NAME
+
+    def __init__(self, rules: Rules, entries: CacheEntries) -> None:
+        self.rules = rules
+        self.entries = entries
+
+    async def __call__(self, ctx: Context, call_next: Next) -> Reply:
+        policy = self.rules.policy_for(ctx.requested_model, ctx.tenant.name)
+        directives = CacheDirectives.from_headers(ctx.headers)
+        why_not = uncacheable_request(ctx.body, policy)
+        if why_not:
+            ctx.decide(self.name, "skip", why_not)
+            return _marked(await call_next(ctx), "bypass")
+        key = await self._key(ctx, policy)
+        namespace = ctx.tenant.namespace
+        if directives.refresh and not ctx.dry_run:
+            self.entries.delete(namespace, key)
+        if directives.read:
+            hit = await self._lookup(ctx, namespace, key)
+            if hit is not None:
+                return hit
+        else:
+            ctx.decide(self.name, "bypass", f"{HEADER}: {directives.raw}", key=key[:16])
+        reply = _marked(await call_next(ctx), "miss" if directives.read else "bypass")
+        if not directives.store or ctx.dry_run:
+            return reply
+        if reply.is_stream and reply.chunks is not None:
+            reply.chunks = self._store_after_done(ctx, reply, reply.chunks, key, policy)
+        else:
+            self._store(ctx, reply, _json_or_none(reply), key, policy)
+        return reply
+
+    async def _key(self, ctx: Context, policy: Policy) -> str:
+        args = (ctx.body, ctx.tenant.namespace, ctx.requested_model, policy.per_user)
+        if len(ctx.raw or b"") > OFF_LOOP_BYTES:
+            return await asyncio.to_thread(request_key, *args)
+        return request_key(*args)
+
+    async def _lookup(self, ctx: Context, namespace: str, key: str) -> Reply | None:
+        try:
+            value = await self.entries.get(namespace, key)
+        except StoreError as exc:
+            ctx.decide(self.name, "miss", f"store unavailable: {exc}", key=key[:16])
+            return None
+        if value is None:
+            ctx.decide(self.name, "miss", "no stored answer for this request", key=key[:16])
+            return None
+        try:
+            entry = orjson.loads(value)
+            age = max(0, int(time.time() - entry["stored_at"]))
+            stored = dict(entry["completion"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            ctx.decide(self.name, "miss", "unreadable stored entry (dropped)", key=key[:16])
+            self.entries.delete(namespace, key)
+            return None
+        ctx.decide(self.name, "hit", f"stored {age}s ago", key=key[:16], age=age)
+        if not ctx.dry_run:
+            self.entries.touch(namespace, key)
+        completion = {**stored, "id": completion_id(), "created": int(time.time())}
+        reply = Reply(status=200, stage=self.name, model=ctx.requested_model, completed=True,
+                      headers={HEADER: "hit-exact", "x-proxy-cache-age": str(age)},
+                      saved_usage=Usage.from_openai(completion.get("usage")))
+        if ctx.stream:
+            reply.chunks = from_list(completion_to_events(
+                completion, include_usage=ctx.client_wants_usage))
+        else:
+            reply.body = orjson.dumps(completion)
+        return reply
+
+    def _store(self, ctx: Context, reply: Reply, completion: Any, key: str,
+               policy: Policy) -> None:
+        why_not = unstorable_reply(ctx, reply, completion, policy)
+        if why_not:
+            ctx.decide(self.name, "not_stored", why_not)
+            return
+        if not completion.get("usage") and reply.usage is not None:
+            completion["usage"] = {"prompt_tokens": reply.usage.prompt_tokens,
+                                   "completion_tokens": reply.usage.completion_tokens,
+                                   "total_tokens": reply.usage.total_tokens}
+        value = orjson.dumps({"completion": completion, "stored_at": time.time()})
+        limits = self.rules.limits
+        if limits.max_bytes is not None and len(value) > limits.max_bytes:
+            ctx.decide(self.name, "not_stored", "answer larger than max_bytes")
+        elif self.entries.put(ctx.tenant.namespace, key, value, policy.ttl_seconds, limits):
+            ctx.decide(self.name, "store", f"for {policy.ttl_seconds:g}s", key=key[:16])
+        else:
+            ctx.decide(self.name, "not_stored", "write queue full")
+
+    async def _store_after_done(self, ctx: Context, reply: Reply, chunks: Chunks, key: str,
+                                policy: Policy) -> AsyncIterator[bytes]:
+        """Pass the stream through, assembling it; store it once `[DONE]` went by."""
+        assembler = StreamAssembler()
+        rest = b""
+        try:
+            async for piece in chunks:
+                events, rest = split_events(rest + piece)
+                assembler.feed_events(events)
+                yield piece
+        finally:  # also on GeneratorExit: the client went away, nothing is stored
+            await chunks.aclose()  # type: ignore[attr-defined]
+        self._store(ctx, reply, assembler.completion(), key, policy)
+
+
+def _marked(reply: Reply, outcome: str) -> Reply:
+    """Say what the exact cache did, unless a later cache already said more."""
+    reply.headers.setdefault(HEADER, outcome)
+    return reply
+
+
+def _json_or_none(reply: Reply) -> Any:
+    try:
+        return reply.json()
+    except orjson.JSONDecodeError:
+        return None
+
+
+def build(rules: Rules, services: Services) -> ExactCache:
+    """The stage; its entries (and their writer) live in services.state across reloads."""
+    return ExactCache(rules, exact_entries(services))
+
+
+def exact_entries(services: Services) -> CacheEntries:
+    """The process's exact-cache entries (created on first use)."""
+    entries = services.state.get(NAME)
+    if entries is None:
+        entries = services.state[NAME] = CacheEntries(services.kv, "exact")
+    assert isinstance(entries, CacheEntries)
+    return entries

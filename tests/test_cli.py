@@ -1,0 +1,137 @@
+"""The command line: check, hash-key, demo, and serve with several workers."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from proxy.config import hash_key
+from proxy.testing import FakeServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_check_accepts_the_shipped_config_and_rules() -> None:
+    result = run_cli("check", "--config", "config.toml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: config.toml")
+
+
+@pytest.mark.parametrize(("config", "rules", "message"), [
+    ("[server]\nport = 'x'\n", "pipeline = []\n", "[server] port: expected an integer"),
+    ("", "pipeline = []\n", "at least one [[upstreams]]"),
+    ('[[upstreams]]\nname="a"\nbase_url="http://x"\n', 'pipeline = ["nope"]\n',
+     "unknown stage 'nope'"),
+    ('[[upstreams]]\nname="a"\nbase_url="http://x"\n', "pipeline = [\n", "invalid TOML"),
+])
+def test_check_refuses_broken_files_with_exit_1(tmp_path: Path, config: str, rules: str,
+                                                 message: str) -> None:
+    (tmp_path / "c.toml").write_text(config)
+    (tmp_path / "r.toml").write_text(rules)
+    result = run_cli("check", "--config", str(tmp_path / "c.toml"), "--rules",
+                     str(tmp_path / "r.toml"))
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def test_hash_key_prints_sha256() -> None:
+    assert run_cli("hash-key", "sk-x").stdout.strip() == hash_key("sk-x")
+
+
+def wait_for_line(proc: subprocess.Popen[str], pattern: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    lines = []
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if re.search(pattern, line):
+            return line
+        if proc.poll() is not None:
+            break
+    raise AssertionError(f"{pattern!r} never printed; got {''.join(lines)}")
+
+
+def wait_healthy(base: str, timeout: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(base.removesuffix("/v1") + "/health", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("proxy never became healthy")
+
+
+@pytest.fixture
+def process_cleanup() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_demo_prints_a_working_base_url_and_key(tmp_path: Path, process_cleanup: list) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "demo", "--port", str(port),
+                             "--db", str(tmp_path / "demo.db")], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    process_cleanup.append(proc)
+    base = wait_for_line(proc, r"base URL").split(":", 1)[1].strip()
+    key = wait_for_line(proc, r"API key").split(":", 1)[1].strip()
+    client = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
+    reply = client.chat.completions.create(model="gpt-4o", messages=[
+        {"role": "user", "content": "what is a good evening routine?"}])
+    assert reply.choices[0].message.content
+
+
+def test_serve_with_two_workers_shares_one_port(tmp_path: Path, process_cleanup: list) -> None:
+    with FakeServer() as fake:
+        port = free_port()
+        (tmp_path / "c.toml").write_text(
+            f'[server]\nport = {port}\nworkers = 2\n'
+            f'[[upstreams]]\nname = "fake"\nbase_url = "{fake.url}"\n'
+            f'[keys.k]\nsha256 = "{hash_key("sk-k")}"\n'
+            f'[storage]\nsqlite_path = "{tmp_path / "p.db"}"\n')
+        (tmp_path / "r.toml").write_text("pipeline = []\n")
+        proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config",
+                                 str(tmp_path / "c.toml"), "--rules", str(tmp_path / "r.toml")],
+                                cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env={**os.environ})
+        process_cleanup.append(proc)
+        base = f"http://127.0.0.1:{port}/v1"
+        wait_healthy(base)
+        client = openai.OpenAI(base_url=base, api_key="sk-k", max_retries=2)
+        for i in range(20):
+            client.chat.completions.create(model="gpt-4o",
+                                           messages=[{"role": "user", "content": f"q{i}"}])
+        assert len(fake.fake.received) == 20
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        assert len(children) >= 2

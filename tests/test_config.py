@@ -1,0 +1,47 @@
+"""config.toml validation: every problem names file, table and field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.config import ConfigError, parse_config, parse_rules_doc
+
+UP = [{"name": "a", "base_url": "http://x/v1"}]
+SHA = "a" * 64
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({}, "at least one [[upstreams]]"),
+    ({"upstreams": [{"name": "a"}]}, "[upstreams.0] needs both name and base_url"),
+    ({"upstreams": [{"name": "a", "base_url": "ftp://x"}]}, "base_url: must start with http"),
+    ({"upstreams": UP, "server": {"port": "80"}}, "[server] port: expected an integer"),
+    ({"upstreams": UP, "server": {"prot": 80}}, "unknown field(s) ['prot']"),
+    ({"upstreams": UP, "keys": {"k": {"sha256": "short"}}}, "[keys.k] sha256: expected the sha256"),
+    ({"upstreams": UP, "keys": {"k": {"sha256": SHA, "rpm": 0}}}, "[keys.k] rpm: must be >= 1"),
+    ({"upstreams": UP, "keys": {"k": {"sha256": SHA, "budget_period": "year"}}},
+     "budget_period: expected one of"),
+    ({"upstreams": UP, "keys": {"k": {"sha256": SHA}, "j": {"sha256": SHA}}}, "share the same"),
+    ({"upstreams": UP, "fallbacks": {"gpt-4o": ["b:gpt-4o-mini"]}}, "expected 'UPSTREAM:MODEL'"),
+    ({"upstreams": UP, "storage": {"backend": "mongo"}}, "[storage] backend: expected one of"),
+    ({"upstreams": UP, "pricing": {"models": {"m": {"input": 1}}}}, "needs both input and output"),
+])
+def test_invalid_config_is_refused_with_location(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc, "cfg.toml")
+    assert str(err.value).startswith("cfg.toml:")
+    assert message in str(err.value)
+
+
+def test_valid_config_parses_with_defaults() -> None:
+    config = parse_config({"upstreams": UP, "keys": {"k": {"sha256": SHA, "rpm": 5}},
+                           "fallbacks": {"gpt-4o": ["a:gpt-4o-mini"]}})
+    assert config.keys[0].namespace == "k" and config.keys[0].rpm == 5
+    assert config.fallbacks["gpt-4o"] == (("a", "gpt-4o-mini"),)
+    assert config.server.port == 8080 and config.storage.backend == "sqlite"
+
+
+def test_rules_doc_refuses_duplicate_stage() -> None:
+    with pytest.raises(ConfigError, match="appears twice"):
+        parse_rules_doc({"pipeline": ["route", "route"]}, "rules.toml")
