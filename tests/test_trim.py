@@ -281,6 +281,7 @@ def test_dry_run_calls_no_summarizer_but_uses_a_stored_summary(live: LiveProxy) 
 
     before = live.run(explain())
     assert before.trace[-1].action == "would_summarize" and len(live.fake.received) == 0
+    assert before.body["messages"][1]["content"].startswith(SUMMARY_INTRO + "(dry run:")
     live.client().chat.completions.create(model="gpt-4o", messages=conversation(7))
     after = live.run(explain())
     assert (after.trace[-1].action, after.trace[-1].data["summary"]) == ("summarized", "stored")
@@ -317,3 +318,16 @@ def test_reload_applies_new_rules_and_refuses_a_broken_edit(live: LiveProxy) -> 
     assert "[trim] summarize_every: must be <= keep_last (6), got 30" in str(
         live.pipeline.last_error)
     assert sent_turns() == 7
+
+
+def test_explain_shows_trim_and_tools_without_any_upstream_call(tmp_path: Path) -> None:
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                                             "parameters": {"type": "object"}}}
+    with LiveProxy(tmp_path, rules=RULES.replace('["trim"]', '["tools", "trim"]')) as live:
+        report = live.client().post("/proxy/explain", cast_to=object, body={
+            "model": "gpt-4o", "messages": conversation(9), "tools": [tool]})
+        assert len(live.fake.received) == 0 and live.ledger_rows() == []
+    actions = {d["stage"]: d["action"] for d in report["trace"]}
+    assert actions["tools"] == "stripped" and actions["trim"] == "would_summarize"
+    assert report["messages"] == {"as_sent": 10, "forwarded": 7}
+    assert report["tools"] == {"as_sent": 1, "forwarded": 0}

@@ -199,6 +199,9 @@ class ContextTrimmer:
             ctx.baseline_prompt_tokens = plan.tokens_before
         summary = await self._summary(ctx, plan)
         text = summary.text if summary else None
+        if summary is not None and summary.source == "missing":  # dry run: show its place
+            text = (f"(dry run: a summary of {len(plan.summarized)} earlier messages by "
+                    f"{self.rules.summary.model} goes here)")
         ctx.body["messages"] = plan.messages(text)
         ctx.changed()
         self._decide(ctx, plan, summary)
