@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import secrets
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from proxy import tokens
 from proxy.auth import Tenant
@@ -74,6 +76,17 @@ def tool_pairs_intact(messages: list[dict[str, Any]]) -> bool:
         if message["role"] == "tool" and message["tool_call_id"] not in called:
             return False
     return True
+
+
+@pytest.fixture
+def redis_storage() -> Iterator[dict[str, Any]]:
+    """Storage on the shared redis-server under a random prefix, removed afterwards."""
+    url, prefix = "redis://127.0.0.1:6379/0", f"test-trim-{secrets.token_hex(6)}:"
+    yield {"storage": {"backend": "redis", "redis_url": url, "redis_prefix": prefix}}
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(match=prefix + "*"):
+        client.delete(key)
+    client.close()
 
 
 @pytest.fixture
@@ -190,6 +203,16 @@ def test_summary_is_made_once_while_the_conversation_grows_within_a_block(
     assert len(summary_requests(live)) == 1
     assert first["messages"][1] == second["messages"][1]
     assert trim_decision(live)["summary"] == "stored"
+
+
+def test_summaries_stored_in_redis_are_reused(tmp_path: Path,
+                                              redis_storage: dict[str, Any]) -> None:
+    with LiveProxy(tmp_path, rules=RULES, config=redis_storage) as live:
+        client = live.client()
+        client.chat.completions.create(model="gpt-4o", messages=conversation(7))
+        client.chat.completions.create(model="gpt-4o", messages=conversation(9))
+        assert len(summary_requests(live)) == 1
+        assert trim_decision(live)["summary"] == "stored"
 
 
 def test_next_block_rolls_the_stored_summary_forward(live: LiveProxy) -> None:
