@@ -7,6 +7,7 @@ file is refused instead of silently miscounting.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import gzip
@@ -106,6 +107,7 @@ def content_text(content: Any) -> str:
     return ""
 
 
+OFF_LOOP_CHARS = 24_000  # above this much text, counting moves to a worker thread
 _IMAGE_TOKENS = 765  # OpenAI's estimate for one high-detail 512px tile set; a fair default
 
 
@@ -154,3 +156,61 @@ def count_request(body: Mapping[str, Any]) -> int:
     tools = body.get("tools") or body.get("functions")
     messages = body.get("messages")
     return count_messages(messages if isinstance(messages, list) else [], model, tools)
+
+
+def text_size(messages: Iterable[Mapping[str, Any]]) -> int:
+    """Characters of message text: a cheap measure of how long counting will take."""
+    return sum(len(content_text(m.get("content"))) for m in messages)
+
+
+def is_large(messages: Iterable[Mapping[str, Any]]) -> bool:
+    """True when tokenizing these messages is worth a worker thread (off the event loop)."""
+    return text_size(messages) > OFF_LOOP_CHARS
+
+
+@functools.lru_cache(maxsize=32_768)
+def _plain_message_tokens(encoding_name: str, role: str, content: str) -> int:
+    return 3 + len(encoding(encoding_name).encode_ordinary(f"{role}\n{content}"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _tools_tokens(encoding_name: str, tools_json: str) -> int:
+    return len(encoding(encoding_name).encode_ordinary(tools_json)) + 9
+
+
+def message_tokens(message: Mapping[str, Any], model: str = "gpt-4o") -> int:
+    """Prompt tokens one message adds, as count_messages counts it.
+
+    Plain text messages are memoized: a chat history is resent with every turn.
+    """
+    content = message.get("content")
+    if isinstance(content, str) and not message.get("name") and not message.get("tool_calls"):
+        return _plain_message_tokens(encoding_for_model(model).name,
+                                     str(message.get("role", "")), content)
+    return count_messages([message], model) - 3
+
+
+def prompt_tokens(body: Mapping[str, Any]) -> int:
+    """count_request's result, from memoized per-message and tool-definition counts."""
+    model = str(body.get("model", "gpt-4o"))
+    tools = body.get("tools") or body.get("functions")
+    messages = body.get("messages")
+    total = 3
+    if isinstance(messages, list):
+        total += sum(message_tokens(m, model) for m in messages if isinstance(m, Mapping))
+    return total + tool_tokens(tools, model)
+
+
+def tool_tokens(tools: Any, model: str = "gpt-4o") -> int:
+    """count_tools' result, memoized by the definitions' JSON (apps resend the same tools)."""
+    if not tools:
+        return 0
+    return _tools_tokens(encoding_for_model(model).name, orjson.dumps(tools).decode())
+
+
+async def count_request_async(body: Mapping[str, Any]) -> int:
+    """The request's prompt tokens, counted in a worker thread when the request is large."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and is_large(messages):
+        return await asyncio.to_thread(prompt_tokens, body)
+    return prompt_tokens(body)
