@@ -13,7 +13,7 @@ import redis.asyncio
 from aiohttp import web
 
 from proxy import tokens
-from proxy.api import admin, cache, chat, explain, models
+from proxy.api import admin, cache, chat, explain, models, threads
 from proxy.app_keys import PIPELINE, REQUEST_ID, SERVICES, TENANT
 from proxy.auth import KeyRing
 from proxy.config import Config
@@ -139,4 +139,5 @@ def create_app(config: Config, rules_path: str | None = None) -> web.Application
     app.router.add_post("/v1/proxy/explain", explain.explain)
     admin.add_routes(app)
     cache.add_routes(app)
+    threads.add_routes(app)
     return app

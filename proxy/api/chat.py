@@ -7,11 +7,11 @@ import logging
 
 from aiohttp import web
 
-from proxy.accounting import ledger_entry
 from proxy.api.validate import parse_json_object, validate_chat_request
 from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
-from proxy.errors import PermissionDenied, ProxyError
+from proxy.errors import PermissionDenied
 from proxy.pipeline.core import Context, Reply
+from proxy.pipeline.dispatch import dispatch, record
 
 log = logging.getLogger("proxy.chat")
 
@@ -40,17 +40,9 @@ def build_context(request: web.Request, raw: bytes) -> Context:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """Answer a chat completion through the pipeline."""
-    services = request.app[SERVICES]
     ctx = build_context(request, await request.read())
-    reply: Reply | None = None
-    try:
-        reply = await request.app[PIPELINE].current(ctx)
-    except ProxyError as exc:
-        services.ledger.record(ledger_entry(ctx, None, services.prices, status=exc.status,
-                                            error=exc.message))
-        raise
+    reply = await dispatch(request.app[PIPELINE].current, ctx, request.app[SERVICES])
     if not reply.is_stream:
-        services.ledger.record(ledger_entry(ctx, reply, services.prices, status=reply.status))
         return web.Response(status=reply.status, body=reply.body,
                             headers=reply_headers(ctx, reply),
                             content_type=None if "Content-Type" in reply.headers
@@ -76,5 +68,5 @@ async def _stream(request: web.Request, ctx: Context, reply: Reply) -> web.Strea
         raise
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
-        services.ledger.record(ledger_entry(ctx, reply, services.prices, status=status))
+        record(services, ctx, reply, status=status)
     return resp
