@@ -14,6 +14,7 @@ import redis
 from openai import AssistantEventHandler, AsyncAssistantEventHandler
 
 from proxy.testing import LiveProxy
+from proxy.threads import objects as thread_objects
 
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",
@@ -103,7 +104,7 @@ def test_run_overrides_reach_upstream(live: LiveProxy) -> None:
 def test_messages_list_in_both_orders_with_cursors(live: LiveProxy) -> None:
     client = live.client()
     _, thread = _setup(client, *[f"m{i}" for i in range(5)])
-    text = lambda page: [m.content[0].text.value for m in page.data]  # noqa: E731
+    text = lambda page: [m.content[0].text.value for m in page.data]
     asc = client.beta.threads.messages.list(thread.id, order="asc", limit=2)
     assert text(asc) == ["m0", "m1"] and asc.has_more
     after = client.beta.threads.messages.list(thread.id, order="asc", limit=2,
@@ -402,3 +403,30 @@ def test_async_client_poll_and_stream(live: LiveProxy) -> None:
 
     status, text = asyncio.run(go())
     assert status == "completed" and text.startswith("[gpt-4o]")
+
+
+def test_run_waiting_past_expires_at_is_expired(live: LiveProxy,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(thread_objects, "RUN_TTL_SECONDS", -1)
+    client = live.client()
+    assistant, thread = _setup(client, "get weather in Lima", tools=[WEATHER_TOOL])
+    run = client.beta.threads.runs.create_and_poll(thread_id=thread.id,
+                                                   assistant_id=assistant.id)
+    expired = client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)
+    assert expired.status == "expired" and expired.required_action is None
+    with pytest.raises(openai.BadRequestError):
+        client.beta.threads.runs.submit_tool_outputs(
+            run_id=run.id, thread_id=thread.id, tool_outputs=[{"tool_call_id": "x",
+                                                               "output": "y"}])
+
+
+def test_create_and_run_stream_announces_the_new_thread(live: LiveProxy) -> None:
+    client = live.client()
+    assistant = client.beta.assistants.create(model="gpt-4o")
+    handler = TextCollector()
+    with client.beta.threads.create_and_run_stream(
+            assistant_id=assistant.id, event_handler=handler,
+            thread={"messages": [{"role": "user", "content": "hey"}]}) as stream:
+        stream.until_done()
+    assert handler.events[0] == "thread.created"
+    assert "".join(handler.parts) == "[gpt-4o] Here is my answer to: hey"

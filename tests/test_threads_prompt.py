@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from proxy.errors import InvalidRequest
-from proxy.tokens import count_messages
 from proxy.threads import params
 from proxy.threads.objects import message_object, run_object, step_object, text_content
 from proxy.threads.prompt import build_chat_request
+from proxy.tokens import count_messages
 
 ASSISTANT = {"id": "asst_1", "model": "gpt-4o", "instructions": "Be kind.", "tools": []}
 

@@ -7,7 +7,6 @@ and answer JSON or the run's assistant event stream.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
 from proxy.threads import params
 from proxy.threads.events import RunEvents
 from proxy.threads.objects import public
+from proxy.threads.records import not_found
 from proxy.threads.runtime import STATE_KEY, ThreadsRuntime
 
 POLL_AFTER_MS = "100"  # `openai-poll-after-ms`: how often the SDK's *_and_poll helpers look
@@ -62,13 +62,11 @@ async def _stream(request: web.Request, events: RunEvents) -> web.StreamResponse
                                        "Cache-Control": "no-cache",
                                        "x-request-id": request_id(request)})
     frames = events.frames()
-    try:
+    try:  # if the client goes away the run goes on; its events are dropped
         await resp.prepare(request)
         async for item in frames:
             await resp.write(item)
         await resp.write_eof()
-    except (ConnectionResetError, asyncio.CancelledError):
-        raise  # the client went away: the run goes on, its events are dropped
     finally:
         await frames.aclose()  # type: ignore[attr-defined]
     return resp
@@ -204,7 +202,7 @@ async def retrieve_step(request: web.Request, rt: ThreadsRuntime, owner: str) ->
     thread_id, run_id, step_id = _ids(request, "thread_id", "run_id", "step_id")
     step = await rt.records.require(owner, "step", step_id, ("run_id", run_id))
     if step["thread_id"] != thread_id:
-        await rt.records.require(owner, "step", step_id, ("thread_id", thread_id))
+        raise not_found("step", step_id)
     return public(step)
 
 

@@ -21,7 +21,7 @@ from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.dispatch import dispatch, record
 from proxy.pipeline.replies import StreamAssembler
 from proxy.threads.events import RunEvents, tool_calls_delta
-from proxy.threads.objects import (add_usage, now, step_object, usage_object)
+from proxy.threads.objects import add_usage, now, step_object, usage_object
 from proxy.threads.output import MessageOutput
 from proxy.threads.prompt import build_chat_request
 from proxy.upstream.sse import event_data, split_events

@@ -16,7 +16,8 @@ from proxy.store.threads_store import Page
 _ALPHABET = string.ascii_letters + string.digits
 RUN_TTL_SECONDS = 600  # OpenAI expires a run (incl. one waiting for tool outputs) after 10 min
 ACTIVE_RUN_STATUSES = frozenset({"queued", "in_progress", "requires_action", "cancelling"})
-TERMINAL_RUN_STATUSES = frozenset({"completed", "failed", "cancelled", "expired", "incomplete"})
+_INHERITED_RUN_FIELDS = ("model", "tools", "temperature", "top_p", "response_format",
+                         "reasoning_effort")  # a run's own value, else its assistant's
 
 
 def new_id(prefix: str) -> str:
@@ -92,9 +93,8 @@ def run_object(thread_id: str, assistant: dict[str, Any], fields: dict[str, Any]
     extra = fields.get("additional_instructions")
     if extra:
         instructions = f"{instructions}\n\n{extra}" if instructions else extra
-    pick = {k: fields[k] if fields.get(k) is not None else assistant.get(k)
-            for k in ("model", "tools", "temperature", "top_p", "response_format",
-                      "reasoning_effort")}
+    inherited = {key: fields[key] if fields.get(key) is not None else assistant.get(key)
+                 for key in _INHERITED_RUN_FIELDS}
     return {
         "id": new_id("run"), "object": "thread.run", "created_at": created,
         "assistant_id": assistant["id"], "thread_id": thread_id, "status": "queued",
@@ -108,7 +108,7 @@ def run_object(thread_id: str, assistant: dict[str, Any], fields: dict[str, Any]
         or {"type": "auto", "last_messages": None},
         "tool_choice": fields.get("tool_choice") or "auto",
         "parallel_tool_calls": fields.get("parallel_tool_calls", True),
-        **{k: v for k, v in pick.items() if k != "tools"}, "tools": pick["tools"] or [],
+        **inherited, "tools": inherited["tools"] or [],
     }
 
 

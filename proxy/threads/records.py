@@ -12,8 +12,14 @@ from typing import Any
 from proxy.errors import NotFound
 from proxy.store.threads_store import Kind, PageQuery, ThreadStore
 from proxy.threads import params
-from proxy.threads.objects import (assistant_object, deleted_object, list_object,
-                                   message_object, public, thread_object)
+from proxy.threads.objects import (
+    assistant_object,
+    deleted_object,
+    list_object,
+    message_object,
+    public,
+    thread_object,
+)
 
 _LABELS = {"assistant": "assistant", "thread": "thread", "message": "message", "run": "run",
            "step": "run step"}
@@ -106,8 +112,8 @@ class Records:
             raise not_found("thread", thread_id)
         return deleted_object(thread_id, "thread")
 
-    async def add_message(self, owner: str, thread_id: str, fields: dict[str, Any],
-                          ) -> dict[str, Any]:
+    async def add_message(self, owner: str, thread_id: str,
+                          fields: dict[str, Any]) -> dict[str, Any]:
         """Append a validated message (see `params.message`) to a thread."""
         message = message_object(thread_id, fields["role"], fields["content"],
                                  metadata=fields["metadata"])

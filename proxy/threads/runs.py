@@ -15,8 +15,7 @@ from proxy.auth import Tenant
 from proxy.errors import InvalidRequest, PermissionDenied
 from proxy.threads import params
 from proxy.threads.events import RunEvents
-from proxy.threads.objects import (ACTIVE_RUN_STATUSES, RUN_TTL_SECONDS, now, public,
-                                   run_object)
+from proxy.threads.objects import ACTIVE_RUN_STATUSES, RUN_TTL_SECONDS, now, public, run_object
 
 if TYPE_CHECKING:
     from proxy.threads.runtime import ThreadsRuntime
