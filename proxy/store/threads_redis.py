@@ -1,9 +1,11 @@
 """ThreadStore in Redis, shared by proxy replicas.
 
-Layout under `{prefix}thr:{owner-hash}:`: `o:{id}` a hash (kind, parent,
-thread, body); `l:{kind}:{parent}` a sorted set of ids scored by a global
-sequence (list order); `t:{thread}` the set of ids inside a thread (for the
-cascade); `lock:{thread}` the active run's id with a TTL.
+Layout under `{prefix}thr:{owner-hash}:`: `b:{kind}:{id}` the object's JSON
+(the kind in the key makes a get of the wrong kind miss); `m:{id}` a hash with
+its list parent and thread (for deletes); `l:{kind}:{parent}` a sorted set of
+ids scored by a global sequence (list order); `t:{thread}` the set of
+`kind:id` inside a thread (for the cascade); `lock:{thread}` the active run's
+id with a TTL.
 """
 
 from __future__ import annotations
@@ -17,10 +19,6 @@ from redis.asyncio import Redis
 from proxy.store.threads_store import Kind, Page, PageQuery, from_before, make_page
 
 _BATCH = 100
-_UPDATE_IF_EXISTS = """
-if redis.call('exists', KEYS[1]) == 1 then redis.call('hset', KEYS[1], 'b', ARGV[1]) return 1 end
-return 0
-"""
 _RELEASE_IF_HELD = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
@@ -28,12 +26,11 @@ return 0
 
 
 class RedisThreadStore:
-    """Objects as hashes, lists as sorted sets; every key is scoped by owner."""
+    """Objects as JSON strings, lists as sorted sets; every key is scoped by owner."""
 
     def __init__(self, redis: Redis, prefix: str = "proxy:") -> None:
         self.redis = redis
         self.prefix = prefix
-        self._update = redis.register_script(_UPDATE_IF_EXISTS)
         self._release = redis.register_script(_RELEASE_IF_HELD)
 
     def _key(self, owner: str, *parts: str) -> str:
@@ -45,38 +42,34 @@ class RedisThreadStore:
         """Store a new object at the end of its list."""
         seq = await self.redis.incr(f"{self.prefix}thr:seq")
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key(owner, "o", obj["id"]), mapping={
-                "k": kind, "p": parent, "t": thread_id, "b": orjson.dumps(obj)})
+            pipe.set(self._key(owner, "b", kind, obj["id"]), orjson.dumps(obj))
+            pipe.hset(self._key(owner, "m", obj["id"]), mapping={"p": parent, "t": thread_id})
             pipe.zadd(self._key(owner, "l", kind, parent), {obj["id"]: seq})
             if thread_id and kind != "thread":
-                pipe.sadd(self._key(owner, "t", thread_id), obj["id"])
+                pipe.sadd(self._key(owner, "t", thread_id), f"{kind}:{obj['id']}")
             await pipe.execute()
 
     async def update(self, owner: str, kind: Kind, obj: dict[str, Any]) -> bool:
         """Replace a stored object's body (keeping its place); False when it is gone."""
-        if await self.get(owner, kind, obj["id"]) is None:
-            return False
-        return bool(await self._update(keys=[self._key(owner, "o", obj["id"])],
-                                       args=[orjson.dumps(obj)]))
+        return bool(await self.redis.set(self._key(owner, "b", kind, obj["id"]),
+                                         orjson.dumps(obj), xx=True))
 
     async def get(self, owner: str, kind: Kind, obj_id: str) -> dict[str, Any] | None:
         """The object, or None when absent or owned by someone else."""
-        stored_kind, body = await self.redis.hmget(self._key(owner, "o", obj_id), ["k", "b"])
-        if body is None or stored_kind != kind.encode():
-            return None
-        return orjson.loads(body)
+        body = await self.redis.get(self._key(owner, "b", kind, obj_id))
+        return orjson.loads(body) if body is not None else None
 
     async def delete(self, owner: str, kind: Kind, obj_id: str) -> bool:
         """Remove one object; False when there was none."""
-        key = self._key(owner, "o", obj_id)
-        stored_kind, parent, thread_id = await self.redis.hmget(key, ["k", "p", "t"])
-        if stored_kind != kind.encode():
+        if not await self.redis.exists(self._key(owner, "b", kind, obj_id)):
             return False
+        meta = self._key(owner, "m", obj_id)
+        parent, thread_id = await self.redis.hmget(meta, ["p", "t"])
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.zrem(self._key(owner, "l", kind, parent.decode()), obj_id)
+            pipe.delete(self._key(owner, "b", kind, obj_id), meta)
+            pipe.zrem(self._key(owner, "l", kind, (parent or b"").decode()), obj_id)
             if thread_id:
-                pipe.srem(self._key(owner, "t", thread_id.decode()), obj_id)
+                pipe.srem(self._key(owner, "t", thread_id.decode()), f"{kind}:{obj_id}")
             await pipe.execute()
         return True
 
@@ -105,10 +98,8 @@ class RedisThreadStore:
             if not ids:
                 break
             offset += len(ids)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for obj_id in ids:
-                    pipe.hget(self._key(owner, "o", obj_id.decode()), "b")
-                bodies = await pipe.execute()
+            bodies = await self.redis.mget([self._key(owner, "b", kind, obj_id.decode())
+                                            for obj_id in ids])
             for body in bodies:
                 obj = orjson.loads(body) if body is not None else None
                 if obj is not None and (query.match is None
@@ -118,19 +109,21 @@ class RedisThreadStore:
 
     async def delete_thread(self, owner: str, thread_id: str) -> bool:
         """Remove a thread with its messages, runs, steps and lock."""
-        if await self.get(owner, "thread", thread_id) is None:
+        if not await self.redis.exists(self._key(owner, "b", "thread", thread_id)):
             return False
         members = [m.decode() for m in await self.redis.smembers(
             self._key(owner, "t", thread_id))]
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._key(owner, "o", thread_id), self._key(owner, "t", thread_id),
+            pipe.delete(self._key(owner, "b", "thread", thread_id),
+                        self._key(owner, "m", thread_id), self._key(owner, "t", thread_id),
                         self._key(owner, "lock", thread_id),
                         self._key(owner, "l", "message", thread_id),
                         self._key(owner, "l", "run", thread_id))
             pipe.zrem(self._key(owner, "l", "thread", ""), thread_id)
-            for obj_id in members:
-                pipe.delete(self._key(owner, "o", obj_id))
-                if obj_id.startswith("run_"):
+            for member in members:
+                kind, _, obj_id = member.partition(":")
+                pipe.delete(self._key(owner, "b", kind, obj_id), self._key(owner, "m", obj_id))
+                if kind == "run":
                     pipe.delete(self._key(owner, "l", "step", obj_id))
             await pipe.execute()
         return True
