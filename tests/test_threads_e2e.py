@@ -49,6 +49,11 @@ def _setup(client: Any, *texts: str, tools: list[Any] | None = None) -> tuple[An
     return assistant, thread
 
 
+def text(page: Any) -> list[str]:
+    """The texts of a page of messages."""
+    return [m.content[0].text.value for m in page.data]
+
+
 class TextCollector(AssistantEventHandler):
     """Collects text deltas and event names."""
 
@@ -104,7 +109,6 @@ def test_run_overrides_reach_upstream(live: LiveProxy) -> None:
 def test_messages_list_in_both_orders_with_cursors(live: LiveProxy) -> None:
     client = live.client()
     _, thread = _setup(client, *[f"m{i}" for i in range(5)])
-    text = lambda page: [m.content[0].text.value for m in page.data]
     asc = client.beta.threads.messages.list(thread.id, order="asc", limit=2)
     assert text(asc) == ["m0", "m1"] and asc.has_more
     after = client.beta.threads.messages.list(thread.id, order="asc", limit=2,
