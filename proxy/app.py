@@ -13,7 +13,7 @@ import redis.asyncio
 from aiohttp import web
 
 from proxy import tokens
-from proxy.api import admin, cache, chat, explain, models, observe
+from proxy.api import admin, cache, chat, explain, models, observe, threads
 from proxy.app_keys import PIPELINE, REQUEST_ID, SERVICES, TENANT
 from proxy.auth import KeyRing
 from proxy.config import Config
@@ -145,4 +145,5 @@ def create_app(config: Config, rules_path: str | None = None) -> web.Application
     admin.add_routes(app)
     cache.add_routes(app)
     observe.add_routes(app)
+    threads.add_routes(app)
     return app

@@ -7,13 +7,11 @@ import logging
 
 from aiohttp import web
 
-from proxy.accounting import ledger_entry
 from proxy.api.validate import parse_json_object, validate_chat_request
 from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
-from proxy.errors import PermissionDenied, ProxyError
-from proxy.observe.capture import AnswerCapture
+from proxy.errors import PermissionDenied
 from proxy.pipeline.core import Context, Reply
-from proxy.services import Services
+from proxy.pipeline.dispatch import dispatch, record
 
 log = logging.getLogger("proxy.chat")
 
@@ -42,39 +40,17 @@ def build_context(request: web.Request, raw: bytes) -> Context:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """Answer a chat completion through the pipeline."""
-    services = request.app[SERVICES]
     ctx = build_context(request, await request.read())
-    capture = AnswerCapture(ctx)
-    reply: Reply | None = None
-    try:
-        reply = await request.app[PIPELINE].current(ctx)
-    except ProxyError as exc:
-        services.ledger.record(ledger_entry(ctx, None, services.prices, status=exc.status,
-                                            error=exc.message))
-        raise
-    capture.attach(ctx, reply)
+    reply = await dispatch(request.app[PIPELINE].current, ctx, request.app[SERVICES])
     if not reply.is_stream:
-        record(services, ctx, reply, reply.status, capture)
         return web.Response(status=reply.status, body=reply.body,
                             headers=reply_headers(ctx, reply),
                             content_type=None if "Content-Type" in reply.headers
                             else "application/json")
-    return await _stream(request, ctx, reply, capture)
+    return await _stream(request, ctx, reply)
 
 
-def record(services: Services, ctx: Context, reply: Reply, status: int,
-           capture: AnswerCapture) -> None:
-    """Queue the ledger row (and the body-log row, if the key logs bodies)."""
-    entry = ledger_entry(ctx, reply, services.prices, status=status, answer=capture.answer())
-    services.ledger.record(entry)
-    if status < 400 and not entry.error and services.bodies is not None:
-        body = capture.body_record(ctx, entry.ts)
-        if body is not None:
-            services.bodies.record(body)
-
-
-async def _stream(request: web.Request, ctx: Context, reply: Reply,
-                  capture: AnswerCapture) -> web.StreamResponse:
+async def _stream(request: web.Request, ctx: Context, reply: Reply) -> web.StreamResponse:
     services = request.app[SERVICES]
     headers = reply_headers(ctx, reply)
     headers.update({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -92,5 +68,5 @@ async def _stream(request: web.Request, ctx: Context, reply: Reply,
         raise
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
-        record(services, ctx, reply, status, capture)
+        record(services, ctx, reply, status=status)
     return resp
