@@ -33,9 +33,14 @@ from proxy.pipeline.summary import (
     Summarizer,
     Summary,
     SummaryRules,
+    summary_key,
     summary_message,
 )
 from proxy.store.ledger import LedgerEntry
+
+# Thread runs hand in the summary stored on their thread and keep the one this stage used.
+THREAD_SUMMARY = "thread_summary"
+NEW_SUMMARY = "trim_summary"
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -199,6 +204,8 @@ class ContextTrimmer:
             ctx.baseline_prompt_tokens = plan.tokens_before
         summary = await self._summary(ctx, plan)
         text = summary.text if summary else None
+        if summary is not None and text is not None:
+            ctx.scratch[NEW_SUMMARY] = {"key": summary.key, "text": text}
         if summary is not None and summary.source == "missing":  # dry run: show its place
             text = (f"(dry run: a summary of {len(plan.summarized)} earlier messages by "
                     f"{self.rules.summary.model} goes here)")
@@ -210,6 +217,11 @@ class ContextTrimmer:
     async def _summary(self, ctx: Context, plan: TrimPlan) -> Summary | None:
         if not self.rules.summarize:
             return None
+        on_thread = ctx.scratch.get(THREAD_SUMMARY)
+        if isinstance(on_thread, dict):
+            key = summary_key(plan.summarized, self.summarizer.rules)
+            if on_thread.get("key") == key and isinstance(on_thread.get("text"), str):
+                return Summary(on_thread["text"], "thread", key)
         started = time.perf_counter()
         summary = await self.summarizer.summarize(
             f"summary:{ctx.tenant.namespace}", plan.summarized, step=self.rules.summarize_every,
