@@ -13,7 +13,7 @@ import redis.asyncio
 from aiohttp import web
 
 from proxy import tokens
-from proxy.api import admin, chat, models
+from proxy.api import admin, chat, keys, models
 from proxy.app_keys import PIPELINE, REQUEST_ID, SERVICES, TENANT
 from proxy.auth import KeyRing
 from proxy.config import Config
@@ -24,6 +24,7 @@ from proxy.services import Services
 from proxy.store.kv import SqliteKV
 from proxy.store.ledger import Ledger
 from proxy.store.sqlite import open_db
+from proxy.tenancy import start_tenancy
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.terminal import UpstreamTerminal
 
@@ -46,7 +47,7 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     request[REQUEST_ID] = rid
     try:
         if request.path not in PUBLIC_PATHS:
-            request[TENANT] = request.app[SERVICES].keys.resolve(request.headers)
+            request[TENANT] = await request.app[SERVICES].keys.authenticate(request.headers)
         return await handler(request)
     except ProxyError as exc:
         return _error_response(exc, rid)
@@ -95,6 +96,7 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
             kv=kv,
             redis=redis_client,
         )
+        await start_tenancy(services, session)
         app[SERVICES] = services
         holder = PipelineHolder(rules_path, services, UpstreamTerminal(services.upstream))
         app[PIPELINE] = holder
@@ -132,4 +134,5 @@ def create_app(config: Config, rules_path: str | None = None) -> web.Application
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.retrieve_model)
     admin.add_routes(app)
+    keys.add_routes(app)
     return app
