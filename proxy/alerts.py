@@ -32,6 +32,10 @@ class Alert:
     ttl_seconds: float
 
 
+def _usd(amount: float) -> str:
+    return f"${amount:,.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.6f}"
+
+
 def _ttl(period: Period) -> float:
     left = period.seconds_left(time.time())
     return FOREVER if left is None else left + 86400.0
@@ -43,18 +47,18 @@ def crossed(key: KeyConfig, settled: Settled, period: Period, day: Period,
     alerts = []
     spent = to_usd(settled.spent)
     if key.soft_budget_usd is not None and spent >= key.soft_budget_usd:
-        hard = f" (hard budget ${key.budget_usd:.2f})" if key.budget_usd is not None else ""
+        hard = f" (hard budget {_usd(key.budget_usd)})" if key.budget_usd is not None else ""
         alerts.append(Alert(
             f"soft:{key.name}:{period.name}",
-            f"Proxy key '{key.name}' has spent ${spent:.2f} in {period.name}, past its soft "
-            f"budget of ${key.soft_budget_usd:.2f}{hard}.", _ttl(period)))
+            f"Proxy key '{key.name}' has spent {_usd(spent)} in {period.name}, past its soft "
+            f"budget of {_usd(key.soft_budget_usd)}{hard}.", _ttl(period)))
     day_total = to_usd(settled.day_total)
     for threshold in daily_usd:
         if day_total >= threshold:
             alerts.append(Alert(
                 f"daily:{threshold:g}:{day.name}",
-                f"The proxy has spent ${day_total:.2f} on {day.name.removeprefix('day:')}, "
-                f"past the daily threshold of ${threshold:.2f}.", _ttl(day)))
+                f"The proxy has spent {_usd(day_total)} on {day.name.removeprefix('day:')}, "
+                f"past the daily threshold of {_usd(threshold)}.", _ttl(day)))
     return alerts
 
 

@@ -167,7 +167,7 @@ class StorageConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_failure: str = "open"
     redis_prefix: str = "proxy"
-    redis_timeout: float = 0.25
+    redis_timeout: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +310,7 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
         redis_url=st.str("redis_url", "redis://127.0.0.1:6379/0"),
         redis_failure=st.choice("redis_failure", ("open", "closed"), "open"),
         redis_prefix=st.str("redis_prefix", "proxy"),
-        redis_timeout=st.float("redis_timeout", 0.25, minimum=0.001),
+        redis_timeout=st.float("redis_timeout", 1.0, minimum=0.001),
     )
     pricing = root.sub("pricing")
     pricing.reject_unknown({"default_input", "default_output", "models"})

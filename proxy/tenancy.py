@@ -14,9 +14,6 @@ import logging
 from typing import cast
 
 import aiohttp
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from proxy.alerts import AlertSender
 from proxy.auth import KeyRing
@@ -26,7 +23,7 @@ from proxy.store.keys import KeyStore, RedisKeyStore, SqliteKeyStore
 from proxy.store.limits import LimitStore
 from proxy.store.limits_failover import REDIS_DOWN, FailoverLimits
 from proxy.store.limits_local import LocalLimits
-from proxy.store.limits_redis import RedisLimits
+from proxy.store.limits_redis import RedisLimits, limits_client
 from proxy.store.spend import SqliteSpend
 
 log = logging.getLogger("proxy.keys")
@@ -81,9 +78,7 @@ async def start_tenancy(services: Services, session: aiohttp.ClientSession) -> N
     limits: LimitStore
     store: KeyStore
     if storage.backend == "redis":
-        client = Redis.from_url(storage.redis_url, socket_timeout=storage.redis_timeout,
-                                socket_connect_timeout=storage.redis_timeout,
-                                retry=Retry(NoBackoff(), 0))
+        client = limits_client(storage.redis_url, storage.redis_timeout)
         where = storage.redis_url.rpartition("@")[2]
         limits = FailoverLimits(RedisLimits(client, storage.redis_prefix), LocalLimits(),
                                 storage.redis_failure, where)

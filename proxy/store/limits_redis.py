@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import time
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from proxy.periods import Period
 from proxy.store.limits import (ALL_KEYS, WINDOW_SECONDS, Ask, Limits, Settled, Verdict,
@@ -129,6 +131,16 @@ if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[6], ARGV[4]) end
 redis.call('EXPIRE', KEYS[7], ARGV[5])
 return {spent, day}
 """
+
+
+def limits_client(url: str, timeout: float, max_connections: int = 64) -> Redis:
+    """A Redis client for limit checks: short socket timeouts and no retries (a dead Redis
+    must fail fast, the failover policy decides what then), and a bounded pool that makes
+    bursts wait for a connection instead of opening hundreds."""
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=5.0, socket_timeout=timeout,
+        socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    return Redis(connection_pool=pool)
 
 
 def _ttl(period: Period) -> int:
