@@ -34,13 +34,13 @@ def _admin_services(request: web.Request) -> Services:
     return request.app[SERVICES]
 
 
-def _validated(name: str, fields: dict[str, Any]) -> KeyConfig:
+def _validated(name: str, fields: dict[str, Any], sha256: str) -> KeyConfig:
     unknown = sorted(set(fields) - set(POLICY_FIELDS))
     if unknown:
         raise InvalidRequest(f"Unknown field(s) {unknown}; known: {list(POLICY_FIELDS)}.",
                              param=unknown[0])
     try:
-        return parse_key(name, Section(fields, "request", f"keys.{name}"))
+        return parse_key(name, Section({**fields, "sha256": sha256}, "request", f"keys.{name}"))
     except ConfigError as exc:
         raise InvalidRequest(exc.problem) from None
 
@@ -70,7 +70,7 @@ async def create_key(request: web.Request) -> web.Response:
         raise InvalidRequest(f"A key named '{name}' already exists.", param="name",
                              code="key_exists")
     secret = "sk-proxy-" + secrets.token_urlsafe(32)
-    key = _validated(name, {**fields, "sha256": hash_key(secret)})
+    key = _validated(name, fields, hash_key(secret))
     await store.put(key)
     services.keys.add_issued(key)
     body = await _describe(services, key, "api")
@@ -113,7 +113,7 @@ async def update_key(request: web.Request) -> web.Response:
     current = {f: getattr(key, f) for f in POLICY_FIELDS}
     current["allowed_models"] = list(key.allowed_models) if key.allowed_models else None
     merged = {k: v for k, v in {**current, **changes}.items() if v is not None}
-    updated = _validated(key.name, {**merged, "sha256": key.sha256})
+    updated = _validated(key.name, merged, key.sha256)
     await key_store_of(services).put(updated)
     services.keys.add_issued(updated)
     return web.json_response(await _describe(services, updated, "api"))
