@@ -80,8 +80,12 @@ async def start_tenancy(services: Services, session: aiohttp.ClientSession) -> N
     if storage.backend == "redis":
         client = limits_client(storage.redis_url, storage.redis_timeout)
         where = storage.redis_url.rpartition("@")[2]
-        limits = FailoverLimits(RedisLimits(client, storage.redis_prefix), LocalLimits(),
-                                storage.redis_failure, where)
+        shared = RedisLimits(client, storage.redis_prefix)
+        try:
+            await shared.start()
+        except REDIS_DOWN as exc:
+            log.error("redis at %s is unreachable at start-up (%s)", where, exc)
+        limits = FailoverLimits(shared, LocalLimits(), storage.redis_failure, where)
         store = RedisKeyStore(client, storage.redis_prefix)
     else:
         local = LocalLimits(SqliteSpend(services.db))

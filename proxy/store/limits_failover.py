@@ -134,9 +134,13 @@ class FailoverLimits:
         """Settle where the reservation was made; spend that Redis missed is kept for it."""
         if token in self._local_reservations:
             self._local_reservations.discard(token)
+            settled = await self.fallback.settle(key, token, tokens, cost, period, day)
             if cost:
-                self._unsynced.append((key, cost, period, day))
-            return await self.fallback.settle(key, token, tokens, cost, period, day)
+                ok, _ = await self._primary(
+                    lambda: self.primary.settle(key, "", 0, cost, period, day))
+                if not ok:
+                    self._unsynced.append((key, cost, period, day))
+            return settled
         ok, settled = await self._primary(
             lambda: self.primary.settle(key, token, tokens, cost, period, day))
         if ok:

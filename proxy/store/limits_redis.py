@@ -14,6 +14,7 @@ still share one window. Per key (the `{key}` hash tag keeps them in one slot):
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -133,7 +134,7 @@ return {spent, day}
 """
 
 
-def limits_client(url: str, timeout: float, max_connections: int = 64) -> Redis:
+def limits_client(url: str, timeout: float, max_connections: int = 16) -> Redis:
     """A Redis client for limit checks: short socket timeouts and no retries (a dead Redis
     must fail fast, the failover policy decides what then), and a bounded pool that makes
     bursts wait for a connection instead of opening hundreds."""
@@ -157,6 +158,13 @@ class RedisLimits:
         self._admit = client.register_script(_ADMIT)
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
+
+    async def start(self, connections: int = 8) -> None:
+        """Load the scripts and open connections now, so a first burst of requests neither
+        waits on NOSCRIPT retries nor on opening many connections at once."""
+        await asyncio.gather(*(self.client.script_load(s.script) for s in
+                               (self._admit, self._reserve, self._settle)))
+        await asyncio.gather(*(self.client.ping() for _ in range(connections)))
 
     def _lim(self, key: str, *names: str) -> list[str]:
         base = f"{self.prefix}:lim:{{{key}}}:"
