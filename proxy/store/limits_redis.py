@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -134,13 +134,11 @@ return {spent, day}
 """
 
 
-def limits_client(url: str, timeout: float, max_connections: int = 16) -> Redis:
+def limits_client(url: str, timeout: float) -> Redis:
     """A Redis client for limit checks: short socket timeouts and no retries (a dead Redis
-    must fail fast, the failover policy decides what then), and a bounded pool that makes
-    bursts wait for a connection instead of opening hundreds."""
-    pool = BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=5.0, socket_timeout=timeout,
-        socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    must fail fast; the failover policy decides what then)."""
+    pool = ConnectionPool.from_url(url, max_connections=1024, socket_timeout=timeout,
+                                   socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
     return Redis(connection_pool=pool)
 
 
@@ -159,7 +157,7 @@ class RedisLimits:
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
 
-    async def start(self, connections: int = 8) -> None:
+    async def start(self, connections: int = 32) -> None:
         """Load the scripts and open connections now, so a first burst of requests neither
         waits on NOSCRIPT retries nor on opening many connections at once."""
         await asyncio.gather(*(self.client.script_load(s.script) for s in
