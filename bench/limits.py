@@ -22,17 +22,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.auth import Tenant  # noqa: E402
-from proxy.config import KeyConfig  # noqa: E402
-from proxy.periods import current_period  # noqa: E402
-from proxy.pipeline import admission, budget  # noqa: E402
-from proxy.pipeline.core import Context, Pipeline, Reply, Usage  # noqa: E402
-from proxy.pricing import PriceTable  # noqa: E402
-from proxy.store.limits import Ask, LimitStore, Limits  # noqa: E402
-from proxy.store.limits_local import LocalLimits  # noqa: E402
-from proxy.store.limits_redis import RedisLimits, limits_client  # noqa: E402
-from proxy.store.spend import SqliteSpend  # noqa: E402
-from proxy.store.sqlite import open_db  # noqa: E402
+from proxy.auth import Tenant
+from proxy.config import KeyConfig
+from proxy.periods import current_period
+from proxy.pipeline import admission, budget
+from proxy.pipeline.core import Context, Pipeline, Reply, Usage
+from proxy.pricing import PriceTable
+from proxy.store.limits import Ask, Limits, LimitStore
+from proxy.store.limits_local import LocalLimits
+from proxy.store.limits_redis import RedisLimits, limits_client
+from proxy.store.spend import SqliteSpend
+from proxy.store.sqlite import open_db
 
 LIMITS = Limits(rpm=10**9, tpm=10**12, max_concurrent=10**6)
 KEY = KeyConfig(name="bench", sha256="0" * 64, namespace="bench", rpm=10**9, tpm=10**12,

@@ -96,7 +96,7 @@ class AlertSender:
                         log.info("alert sent: %s", alert.text)
                         return
                     problem = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 problem = type(exc).__name__
             log.warning("alert webhook failed (%s), attempt %d/%d", problem, attempt + 1,
                         self.attempts)

@@ -9,8 +9,8 @@ from typing import Any
 
 import openai
 import pytest
-
 from limits_support import LIMITS_RULES, PROMPT, admin_send, redis_prefix  # noqa: F401
+
 from proxy.config import hash_key
 from proxy.testing import LiveProxy
 

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-
 from limits_support import redis_prefix  # noqa: F401  (fixture)
+
 from proxy.periods import current_period
-from proxy.store.limits import Ask, LimitStore, Limits
+from proxy.store.limits import Ask, Limits, LimitStore
 from proxy.store.limits_local import LocalLimits
 from proxy.store.limits_redis import RedisLimits, limits_client
 from proxy.store.spend import SqliteSpend

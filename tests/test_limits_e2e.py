@@ -9,10 +9,18 @@ from typing import Any
 
 import openai
 import pytest
+from limits_support import (
+    LIMITS_RULES,
+    MAX_TOKENS,
+    PROMPT,
+    WebhookReceiver,
+    admin_get,
+    burst,
+    codes,
+    exact_cost_nanos,
+    redis_prefix,  # noqa: F401
+)
 
-from limits_support import (LIMITS_RULES, MAX_TOKENS, PROMPT, WebhookReceiver, admin_get,
-                            burst, codes, exact_cost_nanos,
-                            redis_prefix)  # noqa: F401
 from proxy.store.limits import to_usd
 from proxy.testing import LiveProxy
 from proxy.upstream.fake import FakeUpstream

@@ -9,9 +9,19 @@ from collections.abc import Iterator
 import openai
 import pytest
 import redis
+from limits_support import (
+    LIMITS_RULES,
+    FakeServer,
+    ProxyProcess,
+    admin_get,
+    admin_send,
+    burst,
+    codes,
+    exact_cost_nanos,
+    start_proxies,
+    write_config,
+)
 
-from limits_support import (LIMITS_RULES, FakeServer, ProxyProcess, admin_get, admin_send,
-                            burst, codes, exact_cost_nanos, start_proxies, write_config)
 from proxy.store.limits import to_usd
 from proxy.upstream.fake import FakeUpstream
 

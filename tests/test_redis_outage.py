@@ -10,9 +10,16 @@ from typing import Any
 import openai
 import pytest
 import redis
+from limits_support import (
+    LIMITS_RULES,
+    MAX_TOKENS,
+    PROMPT,
+    OwnRedis,
+    admin_get,
+    exact_cost_nanos,
+    own_redis,  # noqa: F401
+)
 
-from limits_support import (LIMITS_RULES, MAX_TOKENS, PROMPT, OwnRedis, admin_get,
-                            exact_cost_nanos, own_redis)  # noqa: F401
 from proxy.store.limits import to_usd
 from proxy.testing import LiveProxy
 
@@ -48,7 +55,7 @@ def requests_in_redis(server: OwnRedis) -> int:
 
 
 def test_fail_open_serves_with_local_limits_then_shares_again(
-        tmp_path: Path, own_redis: OwnRedis, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+        tmp_path: Path, own_redis: OwnRedis, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "proxy.limits")
     with proxy_on(tmp_path, own_redis, "open") as live:
         ask(live)
@@ -71,7 +78,7 @@ def test_fail_open_serves_with_local_limits_then_shares_again(
 
 
 def test_fail_closed_answers_503_then_serves_when_redis_is_back(
-        tmp_path: Path, own_redis: OwnRedis) -> None:  # noqa: F811
+        tmp_path: Path, own_redis: OwnRedis) -> None:
     with proxy_on(tmp_path, own_redis, "closed") as live:
         ask(live)
         own_redis.stop()

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from proxy.config import Section
 from proxy.errors import ProxyError, RateLimited
 from proxy.pipeline.core import Context, Next, Reply
-from proxy.pipeline.ratelimit_headers import (HEADERS, TOKEN, duration, record_window,
-                                              retry_after)
+from proxy.pipeline.ratelimit_headers import HEADERS, TOKEN, duration, record_window, retry_after
 from proxy.pipeline.stream_end import call_when_stream_ends
 from proxy.services import Services
 from proxy.store.limits import Limits, LimitStore, Verdict

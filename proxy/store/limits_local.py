@@ -13,8 +13,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from proxy.periods import Period
-from proxy.store.limits import (ALL_KEYS, WINDOW_SECONDS, Ask, Limits, Settled, Verdict,
-                                Window)
+from proxy.store.limits import ALL_KEYS, WINDOW_SECONDS, Ask, Limits, Settled, Verdict, Window
 from proxy.store.spend import SqliteSpend
 
 
@@ -91,8 +90,7 @@ class LocalLimits:
 
     def observe_spend(self, key: str, period: str, nanos: int) -> None:
         """Raise a known spend total to what another store reported (fallback seeding)."""
-        if nanos > self._spend[(key, period)]:
-            self._spend[(key, period)] = nanos
+        self._spend[(key, period)] = max(self._spend[(key, period)], nanos)
 
     async def admit(self, key: str, token: str, limits: Limits, lease_seconds: float) -> Verdict:
         """Check rpm and concurrency and, when allowed, count the request (also reads tpm)."""

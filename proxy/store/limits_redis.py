@@ -22,8 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from proxy.periods import Period
-from proxy.store.limits import (ALL_KEYS, WINDOW_SECONDS, Ask, Limits, Settled, Verdict,
-                                Window)
+from proxy.store.limits import ALL_KEYS, WINDOW_SECONDS, Ask, Limits, Settled, Verdict, Window
 
 _WINDOW_MS = int(WINDOW_SECONDS * 1000)
 _KEEP_SPEND_SECONDS = 35 * 86400  # settled spend stays readable this long after its period
