@@ -13,7 +13,7 @@ import redis.asyncio
 from aiohttp import web
 
 from proxy import tokens
-from proxy.api import admin, cache, chat, explain, models, observe, threads
+from proxy.api import admin, cache, chat, explain, keys, models, observe, threads
 from proxy.app_keys import PIPELINE, REQUEST_ID, SERVICES, TENANT
 from proxy.auth import KeyRing
 from proxy.config import Config
@@ -26,6 +26,7 @@ from proxy.store.kv import KVStore, SqliteKV
 from proxy.store.ledger import Ledger
 from proxy.store.redis_kv import RedisKV
 from proxy.store.sqlite import open_db
+from proxy.tenancy import start_tenancy
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.terminal import UpstreamTerminal
 
@@ -48,7 +49,7 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     request[REQUEST_ID] = rid
     try:
         if request.path not in PUBLIC_PATHS:
-            request[TENANT] = request.app[SERVICES].keys.resolve(request.headers)
+            request[TENANT] = await request.app[SERVICES].keys.authenticate(request.headers)
         return await handler(request)
     except ProxyError as exc:
         return _error_response(exc, rid)
@@ -105,6 +106,7 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
             redis=redis_client,
             bodies=bodies,
         )
+        await start_tenancy(services, session)
         app[SERVICES] = services
         holder = PipelineHolder(rules_path, services, UpstreamTerminal(services.upstream))
         app[PIPELINE] = holder
@@ -144,6 +146,7 @@ def create_app(config: Config, rules_path: str | None = None) -> web.Application
     app.router.add_post("/v1/proxy/explain", explain.explain)
     admin.add_routes(app)
     cache.add_routes(app)
+    keys.add_routes(app)
     observe.add_routes(app)
     threads.add_routes(app)
     return app

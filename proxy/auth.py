@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from proxy.config import KeyConfig
@@ -40,13 +41,25 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     return headers.get("api-key") or None
 
 
+KeyLookup = Callable[[str], Awaitable[KeyConfig | None]]
+MISS_SECONDS = 2.0  # an unknown key is not looked up in the key store again this soon
+
+
 class KeyRing:
-    """Resolves presented keys to tenants; keys can be added and revoked at run time."""
+    """Resolves presented keys to tenants; keys can be added and revoked at run time.
+
+    With a `lookup` (the key store), a key this process does not know yet is looked
+    up there before it is refused, so a key issued on another process works at once;
+    misses are remembered for MISS_SECONDS.
+    """
 
     def __init__(self, keys: Iterable[KeyConfig], admin_key_sha256: str | None) -> None:
         self._tenants: dict[str, Tenant] = {k.sha256: Tenant.from_key(k) for k in keys}
         self._admin = (Tenant("admin", admin_key_sha256, "admin", is_admin=True)
                        if admin_key_sha256 else None)
+        self.lookup: KeyLookup | None = None
+        self._issued: set[str] = set()
+        self._misses: dict[str, float] = {}
 
     def add(self, key: KeyConfig) -> Tenant:
         """Register (or replace) a key."""
@@ -57,25 +70,67 @@ class KeyRing:
     def remove(self, key_hash: str) -> None:
         """Revoke a key."""
         self._tenants.pop(key_hash, None)
+        self._issued.discard(key_hash)
+
+    def add_issued(self, key: KeyConfig) -> Tenant:
+        """Register a key that came from the key store (replaced by `sync_issued`)."""
+        self._issued.add(key.sha256)
+        self._misses.pop(key.sha256, None)
+        return self.add(key)
+
+    def sync_issued(self, keys: Iterable[KeyConfig]) -> None:
+        """Make the store's keys the issued ones: add new and changed, drop revoked."""
+        current = {k.sha256: k for k in keys}
+        for gone in self._issued - current.keys():
+            self.remove(gone)
+        for key in current.values():
+            tenant = self._tenants.get(key.sha256)
+            if tenant is None or tenant.policy != key:
+                self.add_issued(key)
 
     def tenants(self) -> list[Tenant]:
         """All tenant keys (not the admin key)."""
         return list(self._tenants.values())
 
-    def resolve(self, headers: Mapping[str, str]) -> Tenant:
-        """The tenant for a request's key, or AuthenticationError (401)."""
-        token = bearer_token(headers)
-        if not token:
-            raise AuthenticationError(
-                "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
-            )
-        digest = hashlib.sha256(token.encode()).hexdigest()
+    def _known(self, digest: str) -> Tenant | None:
         tenant = self._tenants.get(digest)
         if tenant is None and self._admin is not None and digest == self._admin.key_hash:
             tenant = self._admin
+        return tenant
+
+    def resolve(self, headers: Mapping[str, str]) -> Tenant:
+        """The tenant for a request's key, or AuthenticationError (401)."""
+        token, digest = _presented(headers)
+        tenant = self._known(digest)
         if tenant is None:
             raise AuthenticationError(f"Incorrect API key provided: {_redact(token)}.")
         return tenant
+
+    async def authenticate(self, headers: Mapping[str, str]) -> Tenant:
+        """Like `resolve`, but looks an unknown key up in the key store first."""
+        token, digest = _presented(headers)
+        tenant = self._known(digest)
+        if tenant is None and self.lookup is not None:
+            now = time.monotonic()
+            if self._misses.get(digest, 0.0) <= now:
+                key = await self.lookup(digest)
+                if key is not None:
+                    return self.add_issued(key)
+                if len(self._misses) > 10_000:
+                    self._misses.clear()
+                self._misses[digest] = now + MISS_SECONDS
+        if tenant is None:
+            raise AuthenticationError(f"Incorrect API key provided: {_redact(token)}.")
+        return tenant
+
+
+def _presented(headers: Mapping[str, str]) -> tuple[str, str]:
+    token = bearer_token(headers)
+    if not token:
+        raise AuthenticationError(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
+        )
+    return token, hashlib.sha256(token.encode()).hexdigest()
 
 
 def _redact(token: str) -> str:

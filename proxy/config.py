@@ -167,6 +167,7 @@ class StorageConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "proxy:"
     redis_failure: str = "open"
+    redis_timeout: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +197,8 @@ class Config:
     prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     default_price: tuple[float, float] = (2.50, 10.00)
     alerts_webhook: str | None = None
+    alerts_daily_usd: tuple[float, ...] = ()
+    keys_sync_seconds: float = 2.0
 
     def upstream(self, name: str) -> UpstreamConfig:
         """The upstream called `name`."""
@@ -297,15 +300,17 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
     if len(set(hashes)) != len(hashes):
         raise keys_section.error("two keys share the same sha256")
     admin = root.sub("admin")
-    admin.reject_unknown({"key_sha256"})
+    admin.reject_unknown({"key_sha256", "keys_sync_seconds"})
     st = root.sub("storage")
-    st.reject_unknown({"backend", "sqlite_path", "redis_url", "redis_prefix", "redis_failure"})
+    st.reject_unknown({"backend", "sqlite_path", "redis_url", "redis_failure", "redis_prefix",
+                       "redis_timeout"})
     storage = StorageConfig(
         backend=st.choice("backend", ("sqlite", "redis"), "sqlite"),
         sqlite_path=st.str("sqlite_path", "proxy.db"),
         redis_url=st.str("redis_url", "redis://127.0.0.1:6379/0"),
         redis_prefix=st.str("redis_prefix", "proxy:"),
         redis_failure=st.choice("redis_failure", ("open", "closed"), "open"),
+        redis_timeout=st.float("redis_timeout", 1.0, minimum=0.001),
     )
     pricing = root.sub("pricing")
     pricing.reject_unknown({"default_input", "default_output", "models"})
@@ -318,7 +323,7 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
         if None in prices[model]:
             raise m.error("needs both input and output (USD per 1M tokens)")
     alerts = root.sub("alerts")
-    alerts.reject_unknown({"webhook_url"})
+    alerts.reject_unknown({"webhook_url", "daily_spend_usd"})
     return Config(
         path=path,
         server=server,
@@ -331,7 +336,18 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
         default_price=(pricing.float("default_input", 2.50, minimum=0.0),
                        pricing.float("default_output", 10.00, minimum=0.0)),
         alerts_webhook=alerts.str("webhook_url"),
+        alerts_daily_usd=_thresholds(alerts, "daily_spend_usd"),
+        keys_sync_seconds=admin.float("keys_sync_seconds", 2.0, minimum=0.05),
     )
+
+
+def _thresholds(s: Section, key: str) -> tuple[float, ...]:
+    value = s.table.get(key, [])
+    values = [value] if isinstance(value, (int, float)) else value
+    if not isinstance(values, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+        raise s.error(f"expected a list of positive USD amounts, got {value!r}", key)
+    return tuple(sorted(float(v) for v in values))
 
 
 def load_config(path: str | Path) -> Config:

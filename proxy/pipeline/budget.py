@@ -1,0 +1,163 @@
+"""Stage `budget`: tokens per minute and USD spend per key, reserved just before upstream.
+
+It runs last, so the request is priced as it will really go (the routed model, the
+trimmed context), and free answers never reach it: they cost no budget. It holds
+the estimate (prompt tokens x input price + max_tokens, or the configured
+completion estimate, x output price) atomically; a request that does not fit gets
+429 `insufficient_quota` (budget) or `rate_limit_exceeded` (tpm). Afterwards the
+hold is settled to the upstream's usage (for streams when the stream ends) or
+released when the request failed or the client left before usage was known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+from proxy import tokens
+from proxy.alerts import AlertSender, crossed
+from proxy.config import KeyConfig, Section
+from proxy.errors import QuotaExceeded, RateLimited
+from proxy.periods import current_period
+from proxy.pipeline.core import Context, Next, Reply
+from proxy.pipeline.ratelimit_headers import TOKEN, duration, record_window, retry_after
+from proxy.pipeline.stream_end import call_when_stream_ends
+from proxy.pricing import PriceTable
+from proxy.services import Services
+from proxy.store.limits import Ask, LimitStore, Verdict, to_nanos, to_usd
+from proxy.tenancy import alerts_of, limits_of
+
+log = logging.getLogger("proxy.budget")
+OFF_LOOP_BYTES = 32_768  # bodies larger than this are tokenized in a worker thread
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """`[budget]`: completion tokens assumed without max_tokens; longest hold of a reservation."""
+
+    completion_estimate: int = 1024
+    reservation_seconds: float = 900.0
+
+
+def parse_rules(section: Section) -> Rules:
+    """Validate the `[budget]` table."""
+    section.reject_unknown({"completion_estimate", "reservation_seconds"})
+    return Rules(
+        completion_estimate=section.int("completion_estimate", 1024, minimum=1),
+        reservation_seconds=section.float("reservation_seconds", 900.0, minimum=1.0),
+    )
+
+
+def build(rules: Rules, services: Services) -> Budget:
+    """The budget stage over the shared limit store."""
+    return Budget(rules, limits_of(services), services.prices,
+                  services.config.server.timezone, alerts_of(services),
+                  services.config.alerts_daily_usd)
+
+
+def completion_tokens_asked(body: dict[str, object], default: int) -> int:
+    """Completion tokens the request may use: its max_(completion_)tokens x n, or the default."""
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    n = body.get("n")
+    per_choice = limit if isinstance(limit, int) and limit > 0 else default
+    return per_choice * (n if isinstance(n, int) and n > 0 else 1)
+
+
+def _refusal(key: KeyConfig, ask: Ask, verdict: Verdict) -> RateLimited:
+    if verdict.reason == "tpm":
+        window = verdict.tokens
+        assert window is not None
+        return RateLimited(
+            f"Rate limit reached for key '{key.name}' on tokens per min (TPM): Limit "
+            f"{window.limit}, Used {window.used}, Requested {ask.tokens}. Please try again in "
+            f"{duration(verdict.retry_after)}.",
+            headers={"Retry-After": retry_after(verdict.retry_after)})
+    budget = to_usd(ask.budget or 0)
+    return QuotaExceeded(
+        f"You exceeded your current quota: key '{key.name}' has spent "
+        f"${to_usd(verdict.spent):.6f} of its ${budget:.2f} {key.budget_period} budget "
+        f"(${to_usd(verdict.reserved):.6f} more is held by requests in flight) and this "
+        f"request may cost up to ${to_usd(ask.cost):.6f}.",
+        headers={"x-should-retry": "false"})
+
+
+class Budget:
+    """Reserves, settles and releases each upstream call's tokens and cost."""
+
+    name = "budget"
+
+    def __init__(self, rules: Rules, limits: LimitStore, prices: PriceTable, timezone: str,
+                 alerts: AlertSender | None, daily_usd: tuple[float, ...]) -> None:
+        self.rules, self.limits, self.prices, self.timezone = rules, limits, prices, timezone
+        self.alerts, self.daily_usd = alerts, daily_usd
+
+    async def _ask(self, ctx: Context, key: KeyConfig) -> Ask:
+        if len(ctx.encoded_body()) > OFF_LOOP_BYTES:
+            prompt = await asyncio.to_thread(tokens.count_request, ctx.body)
+        else:
+            prompt = tokens.count_request(ctx.body)
+        completion = completion_tokens_asked(ctx.body, self.rules.completion_estimate)
+        return Ask(tokens=prompt + completion,
+                   cost=to_nanos(self.prices.cost(ctx.model, prompt, completion)),
+                   tpm=key.tpm,
+                   budget=None if key.budget_usd is None else to_nanos(key.budget_usd),
+                   period=current_period(key.budget_period, self.timezone, time.time()),
+                   lease_seconds=self.rules.reservation_seconds)
+
+    async def __call__(self, ctx: Context, call_next: Next) -> Reply:
+        key = ctx.tenant.policy
+        if key is None:
+            return await call_next(ctx)
+        ask = await self._ask(ctx, key)
+        if ctx.dry_run:
+            ctx.decide(self.name, "would_reserve", f"up to ${to_usd(ask.cost):.6f}",
+                       tokens=ask.tokens, cost_usd=to_usd(ask.cost))
+            return await call_next(ctx)
+        token = ctx.scratch.get(TOKEN) or secrets.token_hex(8)
+        verdict = await self.limits.reserve(key.name, token, ask)
+        headers = record_window(ctx, "tokens", verdict.tokens)
+        if not verdict.allowed:
+            ctx.decide(self.name, "rejected", f"{verdict.reason} limit reached",
+                       limit=verdict.reason, tokens=ask.tokens, cost_usd=to_usd(ask.cost))
+            refusal = _refusal(key, ask, verdict)
+            refusal.headers = {**headers, **refusal.headers}
+            raise refusal
+        ctx.decide(self.name, "reserved", f"up to ${to_usd(ask.cost):.6f} held until settled",
+                   tokens=ask.tokens, cost_usd=to_usd(ask.cost),
+                   spent_usd=to_usd(verdict.spent), period=ask.period.name)
+        try:
+            reply = await call_next(ctx)
+        except BaseException:
+            await self._settle(ctx, key, token, ask, None)
+            raise
+        reply.headers.update(headers)
+        if reply.is_stream:
+            call_when_stream_ends(reply, lambda: self._settle(ctx, key, token, ask, reply))
+        else:
+            await self._settle(ctx, key, token, ask, reply)
+        return reply
+
+    async def _settle(self, ctx: Context, key: KeyConfig, token: str, ask: Ask,
+                      reply: Reply | None) -> None:
+        """Replace the hold by the real usage; release it when there is none to bill."""
+        usage = reply.usage if reply is not None and reply.ok else None
+        used = cost = 0
+        if usage is not None:
+            assert reply is not None
+            used = usage.total_tokens
+            cost = to_nanos(self.prices.cost(reply.model or ctx.model, usage.prompt_tokens,
+                                             usage.completion_tokens))
+        day = current_period("day", self.timezone, time.time())
+        try:
+            settled = await self.limits.settle(key.name, token, used, cost, ask.period, day)
+        except Exception:
+            log.exception("could not settle request %s of key %s", ctx.request_id, key.name)
+            return
+        ctx.decide(self.name, "settled" if usage else "released",
+                   f"${to_usd(cost):.6f} billed" if usage else "nothing billed",
+                   tokens=used, cost_usd=to_usd(cost), spent_usd=to_usd(settled.spent))
+        if self.alerts is not None:
+            self.alerts.notify(crossed(key, settled, ask.period, day, self.daily_usd))

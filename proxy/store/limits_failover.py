@@ -1,0 +1,169 @@
+"""Redis limits with a policy for when Redis is unreachable.
+
+While Redis answers, every call goes there. When a call fails (connection refused,
+socket timeout), the outage is logged once and the configured policy applies:
+`open` serves from in-process `LocalLimits` (each process then enforces the limits
+on its own), `closed` refuses with 503. Redis is retried after a short backoff
+(0.5 s doubling to 5 s, one probing request at a time), so a dead Redis adds no
+latency to the other requests. Spend settled while Redis was away is added to
+Redis when it is back; requests admitted locally are finished and settled locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.exceptions
+
+from proxy.errors import Unavailable
+from proxy.periods import Period
+from proxy.store.limits import Ask, Limits, Settled, Verdict
+from proxy.store.limits_local import LocalLimits
+from proxy.store.limits_redis import RedisLimits
+
+log = logging.getLogger("proxy.limits")
+T = TypeVar("T")
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
+              asyncio.TimeoutError)
+FIRST_BACKOFF, MAX_BACKOFF = 0.5, 5.0
+
+
+class FailoverLimits:
+    """LimitStore that prefers Redis and applies `policy` (open|closed) while it is down."""
+
+    def __init__(self, primary: RedisLimits, fallback: LocalLimits, policy: str,
+                 where: str) -> None:
+        self.primary, self.fallback, self.policy, self.where = primary, fallback, policy, where
+        self.down_since: float | None = None
+        self._retry_at = 0.0
+        self._backoff = FIRST_BACKOFF
+        self._probing = False
+        self._local_admits: set[str] = set()
+        self._local_reservations: set[str] = set()
+        self._unsynced: list[tuple[str, int, Period, Period]] = []
+
+    async def _primary(self, call: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
+        """(True, result) when Redis answered; (False, None) when it is down or skipped."""
+        if self.down_since is not None:
+            if self._probing or time.monotonic() < self._retry_at:
+                return False, None
+            self._probing = True
+        try:
+            result = await call()
+        except REDIS_DOWN as exc:
+            self._failed(exc)
+            return False, None
+        finally:
+            self._probing = False
+        if self.down_since is not None:
+            await self._recovered()
+        return True, result
+
+    def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+            self._backoff = FIRST_BACKOFF
+            action = ("serving from in-process limits (each process on its own)"
+                      if self.policy == "open" else "refusing requests with 503")
+            log.error("redis at %s is unreachable (%s: %s); storage.redis_failure=%s: %s "
+                      "until it is back", self.where, type(exc).__name__, exc, self.policy,
+                      action)
+        else:
+            self._backoff = min(MAX_BACKOFF, self._backoff * 2)
+        self._retry_at = now + self._backoff
+
+    async def _recovered(self) -> None:
+        assert self.down_since is not None
+        log.warning("redis at %s is back after %.1fs; limits are shared again",
+                    self.where, time.monotonic() - self.down_since)
+        self.down_since = None
+        pending, self._unsynced = self._unsynced, []
+        for i, (key, cost, period, day) in enumerate(pending):
+            try:
+                await self.primary.settle(key, "", 0, cost, period, day)
+            except REDIS_DOWN as exc:
+                self._unsynced.extend(pending[i:])
+                self._failed(exc)
+                return
+
+    def _refuse(self) -> Unavailable:
+        return Unavailable(
+            "Rate limits and budgets live in Redis, which is unreachable; this proxy is "
+            "configured to refuse requests until it is back (storage.redis_failure = "
+            "\"closed\"). Retry shortly.", headers={"Retry-After": "1"})
+
+    async def admit(self, key: str, token: str, limits: Limits, lease_seconds: float) -> Verdict:
+        """Check rpm and concurrency in Redis, or per policy while it is down."""
+        ok, verdict = await self._primary(
+            lambda: self.primary.admit(key, token, limits, lease_seconds))
+        if ok:
+            assert verdict is not None
+            return verdict
+        if self.policy == "closed":
+            raise self._refuse()
+        self._local_admits.add(token)
+        return await self.fallback.admit(key, token, limits, lease_seconds)
+
+    async def finish(self, key: str, token: str) -> None:
+        """Free the concurrency slot where it was taken (Redis leases expire by themselves)."""
+        if token in self._local_admits:
+            self._local_admits.discard(token)
+            await self.fallback.finish(key, token)
+            return
+        await self._primary(lambda: self.primary.finish(key, token))
+
+    async def reserve(self, key: str, token: str, ask: Ask) -> Verdict:
+        """Check tpm and budget in Redis, or per policy while it is down."""
+        ok, verdict = await self._primary(lambda: self.primary.reserve(key, token, ask))
+        if ok:
+            assert verdict is not None
+            self.fallback.observe_spend(key, ask.period.name, verdict.spent)
+            return verdict
+        if self.policy == "closed":
+            raise self._refuse()
+        self._local_reservations.add(token)
+        return await self.fallback.reserve(key, token, ask)
+
+    async def settle(self, key: str, token: str, tokens: int, cost: int, period: Period,
+                     day: Period) -> Settled:
+        """Settle where the reservation was made; spend that Redis missed is kept for it."""
+        if token in self._local_reservations:
+            self._local_reservations.discard(token)
+            settled = await self.fallback.settle(key, token, tokens, cost, period, day)
+            if cost:
+                ok, _ = await self._primary(
+                    lambda: self.primary.settle(key, "", 0, cost, period, day))
+                if not ok:
+                    self._unsynced.append((key, cost, period, day))
+            return settled
+        ok, settled = await self._primary(
+            lambda: self.primary.settle(key, token, tokens, cost, period, day))
+        if ok:
+            assert settled is not None
+            return settled
+        if cost:
+            self._unsynced.append((key, cost, period, day))
+        return self.fallback.add_spend(key, cost, period, day)
+
+    async def spent(self, key: str, period: str) -> int:
+        """Settled spend from Redis (the local view while it is down)."""
+        ok, nanos = await self._primary(lambda: self.primary.spent(key, period))
+        return nanos if ok and nanos is not None else await self.fallback.spent(key, period)
+
+    async def claim(self, marker: str, ttl_seconds: float) -> bool:
+        """Claim in Redis; while it is down, in this process only."""
+        ok, got = await self._primary(lambda: self.primary.claim(marker, ttl_seconds))
+        return bool(got) if ok else await self.fallback.claim(marker, ttl_seconds)
+
+    async def aclose(self) -> None:
+        """Close Redis and the local store."""
+        if self._unsynced:
+            log.error("redis still unreachable at shutdown: %d settled amounts not added "
+                      "to the shared spend", len(self._unsynced))
+        await self.primary.aclose()
+        await self.fallback.aclose()
