@@ -100,7 +100,8 @@ def _metrics(row: Sequence[Any], models: dict[str, list[Any]],
         "hit_rate": ratio(sum(hits.values()), calls),
         "upstream_calls": answered,
         "routed_calls": routed,
-        "models": {model: {"calls": n, "share": ratio(n, answered), "cost_usd": c, "baseline_usd": b}
+        "models": {model: {"calls": n, "share": ratio(n, answered), "cost_usd": c,
+                           "baseline_usd": b}
                    for model, (n, c, b) in sorted(models.items())},
         "breakdown": breakdown,
         "errors": errors,

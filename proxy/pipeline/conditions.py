@@ -25,12 +25,14 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from proxy.config import ConfigError, Section
 from proxy.pipeline.facts import OPTIMIZE_FOR, RequestFacts
 from proxy.pipeline.text import keyword_pattern
+
+T = TypeVar("T")
 
 _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge, "<=": operator.le, "!=": operator.ne, "==": operator.eq,
@@ -70,6 +72,21 @@ def parse_timezone(section: Section, key: str, default: str | None) -> str | Non
             raise section.error(f"unknown time zone {name!r} (use an IANA name such as "
                                 "'Europe/Berlin')", key) from None
     return name
+
+
+def parse_named_rules(section: Section, parse_one: Callable[[Section], T | None]) -> list[T]:
+    """Parse `[[<stage>.rules]]` whose `name`s must be unique; disabled rules (None) drop out."""
+    rules: list[T] = []
+    names: set[str] = set()
+    for rule_section in section.subs("rules"):
+        rule = parse_one(rule_section)
+        name = rule_section.str("name")
+        if name in names:
+            raise rule_section.error(f"another rule is already called {name!r}", "name")
+        names.add(name)
+        if rule is not None:
+            rules.append(rule)
+    return rules
 
 
 def parse_regex(section: Section, key: str) -> re.Pattern[str] | None:

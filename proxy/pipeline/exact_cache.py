@@ -31,10 +31,10 @@ import orjson
 from proxy.config import Section
 from proxy.pipeline.cache_control import HEADER, CacheDirectives
 from proxy.pipeline.core import Chunks, Context, Next, Reply, Usage
-from proxy.pipeline.replies import StreamAssembler, completion_id, completion_to_events
+from proxy.pipeline.replies import StreamAssembler, completion_id, free_reply
 from proxy.store.cache_entries import CacheEntries, SizeLimits
 from proxy.store.kv import StoreError
-from proxy.upstream.sse import from_list, split_events
+from proxy.upstream.sse import split_events
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -232,15 +232,9 @@ class ExactCache:
         if not ctx.dry_run:
             self.entries.touch(namespace, key)
         completion = {**stored, "id": completion_id(), "created": int(time.time())}
-        reply = Reply(status=200, stage=self.name, model=ctx.requested_model, completed=True,
-                      headers={HEADER: "hit-exact", "x-proxy-cache-age": str(age)},
-                      saved_usage=Usage.from_openai(completion.get("usage")))
-        if ctx.stream:
-            reply.chunks = from_list(completion_to_events(
-                completion, include_usage=ctx.client_wants_usage))
-        else:
-            reply.body = orjson.dumps(completion)
-        return reply
+        return free_reply(ctx, completion, stage=self.name,
+                          saved_usage=Usage.from_openai(completion.get("usage")),
+                          headers={HEADER: "hit-exact", "x-proxy-cache-age": str(age)})
 
     def _store(self, ctx: Context, reply: Reply, completion: Any, key: str,
                policy: Policy) -> None:

@@ -29,17 +29,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from proxy import tokens
 from proxy.config import Section
-from proxy.pipeline.conditions import Conditions, parse_conditions, parse_regex, parse_timezone
+from proxy.pipeline.conditions import (
+    Conditions,
+    parse_conditions,
+    parse_named_rules,
+    parse_regex,
+    parse_timezone,
+)
 from proxy.pipeline.core import Context, Next, Reply, Usage
 from proxy.pipeline.facts import Clock, RequestFacts, utc_now
-from proxy.pipeline.replies import completion_to_events, make_completion
+from proxy.pipeline.replies import free_reply, make_completion
 from proxy.pipeline.text import NormalizedText, normalize, one_typo_apart
 from proxy.services import Services
-from proxy.upstream.sse import from_list
 
 REPLY_STAGE = "pattern"
 PICKS = ("random", "rotate")
@@ -173,15 +176,7 @@ def _parse_rule(section: Section) -> PatternRule | None:
 def parse_rules(section: Section) -> PatternRules:
     """Validate the `[patterns]` table (raises ConfigError naming file, rule and field)."""
     section.reject_unknown({"rules", "timezone"})
-    rules, names = [], set()
-    for rule_section in section.subs("rules"):
-        rule = _parse_rule(rule_section)
-        name = rule_section.str("name")
-        if name in names:
-            raise rule_section.error(f"another rule is already called {name!r}", "name")
-        names.add(name)
-        if rule is not None:
-            rules.append(rule)
+    rules = parse_named_rules(section, _parse_rule)
     return PatternRules(tuple(rules), parse_timezone(section, "timezone", None))
 
 
@@ -258,14 +253,8 @@ class PatternStage:
     def _reply(ctx: Context, content: str, prompt_tokens: int) -> Reply:
         model = ctx.requested_model
         saved = Usage(prompt_tokens, tokens.count_text(content, model))
-        completion = make_completion(model, content)
-        reply = Reply(stage=REPLY_STAGE, model=model, saved_usage=saved, completed=True)
-        if ctx.stream:
-            reply.chunks = from_list(completion_to_events(
-                completion, include_usage=ctx.client_wants_usage))
-        else:
-            reply.body = orjson.dumps(completion)
-        return reply
+        return free_reply(ctx, make_completion(model, content), stage=REPLY_STAGE,
+                          saved_usage=saved)
 
 
 def build(rules: PatternRules, services: Services) -> PatternStage:

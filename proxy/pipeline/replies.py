@@ -15,7 +15,8 @@ from typing import Any
 
 import orjson
 
-from proxy.upstream.sse import DONE, event, event_data
+from proxy.pipeline.core import Context, Reply, Usage
+from proxy.upstream.sse import DONE, event, event_data, from_list
 
 
 def completion_id() -> str:
@@ -159,3 +160,16 @@ class StreamAssembler:
             choices.append({"index": index, "message": message, "logprobs": None,
                             "finish_reason": slot["finish_reason"]})
         return {**self.base, "object": "chat.completion", "choices": choices, "usage": self.usage}
+
+
+def free_reply(ctx: Context, completion: Mapping[str, Any], *, stage: str,
+               saved_usage: Usage | None, headers: dict[str, str] | None = None) -> Reply:
+    """A reply the proxy gives itself (pattern, cache hit): JSON, or SSE for stream clients."""
+    reply = Reply(status=200, stage=stage, model=ctx.requested_model, completed=True,
+                  headers=headers or {}, saved_usage=saved_usage)
+    if ctx.stream:
+        reply.chunks = from_list(completion_to_events(completion,
+                                                      include_usage=ctx.client_wants_usage))
+    else:
+        reply.body = orjson.dumps(completion)
+    return reply

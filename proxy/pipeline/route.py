@@ -26,7 +26,12 @@ from dataclasses import dataclass
 
 from proxy.config import Section
 from proxy.errors import PermissionDenied
-from proxy.pipeline.conditions import Conditions, parse_conditions, parse_timezone
+from proxy.pipeline.conditions import (
+    Conditions,
+    parse_conditions,
+    parse_named_rules,
+    parse_timezone,
+)
 from proxy.pipeline.core import Context, Next, Reply
 from proxy.pipeline.facts import RequestFacts
 from proxy.pricing import PriceTable
@@ -104,15 +109,7 @@ def parse_rules(section: Section) -> RouteRules:
     """Validate the `[route]` table (raises ConfigError naming file, rule and field)."""
     section.reject_unknown({"aliases", "rules", "timezone"})
     aliases = _parse_aliases(section)
-    rules, names = [], set()
-    for rule_section in section.subs("rules"):
-        rule = _parse_rule(rule_section, aliases)
-        name = rule_section.str("name")
-        if name in names:
-            raise rule_section.error(f"another rule is already called {name!r}", "name")
-        names.add(name)
-        if rule is not None:
-            rules.append(rule)
+    rules = parse_named_rules(section, lambda rule: _parse_rule(rule, aliases))
     return RouteRules(aliases, tuple(rules), parse_timezone(section, "timezone", None))
 
 
