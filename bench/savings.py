@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from proxy.testing import LiveProxy  # noqa: E402
 
-WORKLOAD = ROOT.parent / "shared" / "data" / "workload_dev.jsonl"
+WORKLOAD = Path(os.environ.get("PROXY_WORKLOAD",
+                               ROOT.parent / "shared" / "data" / "workload_dev.jsonl"))
 SYSTEM = ("You are Coach, a warm, concise habit and fitness coach inside a mobile app. "
           "Keep answers short, encouraging and specific. Ask one question at a time. "
           "Use the user's goals and history. Never give medical diagnoses.")
@@ -77,40 +80,73 @@ def load_events(limit: int | None) -> list[dict[str, Any]]:
     return events[:limit] if limit else events
 
 
-def replay_chat(live: LiveProxy, events: list[dict[str, Any]]) -> list[str]:
-    """Send every event as the chat app would; returns the answering stage per event."""
+def replay_chat(live: LiveProxy, events: list[dict[str, Any]], model: str) -> list[str]:
+    """Send every event as the chat app would; returns the answering stage per event.
+
+    When the answer calls a tool, the app runs it and sends the result back (a second
+    request for the same event, as a real app does).
+    """
     client = live.client()
     histories: dict[str, list[dict[str, Any]]] = {}
     stages = []
     for ev in events:
         history = histories.setdefault(ev["user"], [])
         history.append({"role": "user", "content": ev["text"]})
-        raw = client.chat.completions.with_raw_response.create(
-            model="gpt-4o", messages=[{"role": "system", "content": SYSTEM}, *history],
-            tools=TOOLS, metadata={"user_id": ev["user"]})
-        completion = raw.parse()
-        message = completion.choices[0].message
-        history.append({"role": "assistant", "content": message.content or ""})
-        stages.append(raw.headers.get("x-proxy-stage", "upstream"))
+        first_stage = None
+        while True:
+            raw = client.chat.completions.with_raw_response.create(
+                model=model, messages=[{"role": "system", "content": SYSTEM}, *history],
+                tools=TOOLS, metadata={"user_id": ev["user"]})
+            first_stage = first_stage or raw.headers.get("x-proxy-stage", "upstream")
+            message = raw.parse().choices[0].message
+            history.append(message.model_dump(exclude_none=True, exclude={"refusal"}))
+            if not message.tool_calls:
+                break
+            history.extend({"role": "tool", "tool_call_id": call.id, "content": '{"ok": true}'}
+                           for call in message.tool_calls)
+        stages.append(first_stage)
     return stages
 
 
-def replay_threads(live: LiveProxy, events: list[dict[str, Any]]) -> list[str]:
-    """One thread per user, one run per message, through the Assistants surface."""
+def replay_threads(live: LiveProxy, events: list[dict[str, Any]], model: str) -> list[str]:
+    """One thread per user, one run per message, through the Assistants surface; tool
+    calls are answered with submit_tool_outputs. Returns the stage of each run's first turn."""
     client = live.client()
-    assistant = client.beta.assistants.create(model="gpt-4o", instructions=SYSTEM,
+    assistant = client.beta.assistants.create(model=model, instructions=SYSTEM,
                                               tools=TOOLS)  # type: ignore[arg-type]
     threads: dict[str, str] = {}
+    stages = []
     for ev in events:
         if ev["user"] not in threads:
             threads[ev["user"]] = client.beta.threads.create().id
         thread_id = threads[ev["user"]]
+        before = live.run(_last_rowid(live))
         client.beta.threads.messages.create(thread_id, role="user", content=ev["text"])
-        client.beta.threads.runs.create_and_poll(thread_id=thread_id,
-                                                 assistant_id=assistant.id,
-                                                 poll_interval_ms=5)
-    rows = [r for r in live.ledger_rows() if r["source"] == "thread"]
-    return [r["stage"] for r in rows]
+        run = client.beta.threads.runs.create_and_poll(
+            thread_id=thread_id, assistant_id=assistant.id, poll_interval_ms=5)
+        while run.status == "requires_action" and run.required_action is not None:
+            calls = run.required_action.submit_tool_outputs.tool_calls
+            run = client.beta.threads.runs.submit_tool_outputs_and_poll(
+                run_id=run.id, thread_id=thread_id, poll_interval_ms=5,
+                tool_outputs=[{"tool_call_id": c.id, "output": '{"ok": true}'} for c in calls])
+        stages.append(live.run(_first_stage_after(live, before)))
+    return stages
+
+
+async def _last_rowid(live: LiveProxy) -> int:
+    await live.services.ledger.flush()
+    async with live.services.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM ledger") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _first_stage_after(live: LiveProxy, rowid: int) -> str:
+    await live.services.ledger.flush()
+    async with live.services.db.execute(
+            "SELECT stage FROM ledger WHERE rowid > ? AND source = 'thread' ORDER BY rowid "
+            "LIMIT 1", (rowid,)) as cur:
+        row = await cur.fetchone()
+    return str(row[0]) if row else "none"
 
 
 def summarize(events: list[dict[str, Any]], stages: list[str],
@@ -140,11 +176,15 @@ def summarize(events: list[dict[str, Any]], stages: list[str],
 
 
 def main() -> None:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # beta.threads
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rules", default=str(ROOT / "rules" / "config.toml"))
     parser.add_argument("--limit", type=int, default=None, help="replay only the first N events")
     parser.add_argument("--mode", choices=("chat", "threads"), default="chat")
+    parser.add_argument("--model", default="gpt-4o",
+                        help="model the app asks for: gpt-4o (routing off for explicit models "
+                             "by default) or auto (the proxy routes; baseline still gpt-4o)")
     parser.add_argument("--out", default=None, help="write the JSON summary here")
     args = parser.parse_args()
     events = load_events(args.limit)
@@ -152,10 +192,12 @@ def main() -> None:
             LiveProxy(Path(tmp), rules=Path(args.rules).read_text()) as live:
         start = time.perf_counter()
         replay = replay_chat if args.mode == "chat" else replay_threads
-        stages = replay(live, events)
+        stages = replay(live, events, args.model)
         seconds = time.perf_counter() - start
-        rows = [r for r in live.ledger_rows() if r["source"] == args.mode.rstrip("s")]
-    summary = summarize(events, stages, rows, seconds)
+        rows = [r for r in live.ledger_rows()
+                if r["source"] in (args.mode.rstrip("s"), "summary")]
+    summary = {"mode": args.mode, "model": args.model,
+               **summarize(events, stages, rows, seconds)}
     text = json.dumps(summary, indent=2, ensure_ascii=False)
     print(text)
     if args.out:
