@@ -63,7 +63,7 @@ _HISTORY = re.compile(
 # Questions about the user themself: only their coach, with their history, can answer.
 _ABOUT_ME = re.compile(
     r"\b(?:am i|did i|have i|was i|were i|i keep (?!going)\w+ing|i always|i usually|do i usually|"
-    r"do i always|why am i|why cant i|wrong with me|what am i|for me|about me|with me|"
+    r"do i always|why am i|why cant i|wrong with me|what am i|for me$|about me|with me|"
     r"is it me|you think|do you notice|do you see|what would you do|lets|let us|how am i|"
     r"where am i|what do you know|help me (?:plan|set|turn|make|figure|decide|choose|pick)|"
     r"should i \w+ my (?:\w+ )?(?:goal|goals|target|plan|streak|schedule)|"
@@ -98,12 +98,12 @@ def context_dependence(text: str) -> str | None:
         return "continues the conversation"
     if _REWORK.search(plain):
         return "asks to rework the previous answer"
-    if _POINTING_ONE.search(plain) or _POINTERS.intersection(words) or _points_back(words):
-        return "points back at something said before"
     if _HISTORY.search(plain):
         return "refers to the conversation's past or the user's schedule"
     if _ABOUT_ME.search(plain):
         return "asks about the user's own history"
+    if _POINTING_ONE.search(plain) or _POINTERS.intersection(words) or _points_back(words):
+        return "points back at something said before"
     if not is_question(cleaned):
         return ("a personal statement" if _FIRST_PERSON.intersection(words)
                 else "a statement, not a question")

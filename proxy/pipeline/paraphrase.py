@@ -20,7 +20,7 @@ from proxy.pipeline.wordlists import (ANTONYM_AXES, ENTITY_FAMILIES, FIRST_PERSO
                                       SLANG, TIME_FRAMES)
 
 T = TypeVar("T")
-_TOKEN = re.compile(r"c\+\+|c#|f#|\d+(?:[.,]\d+)*[a-z]*|[a-z]+(?:'[a-z]+)?")
+_TOKEN = re.compile(r"c\+\+|c#|f#|\d+(?:[.,]\d+)*[a-z]*|[a-z][a-z0-9]*(?:'[a-z]+)?")
 _LEADING_FILLER = re.compile(
     r"^(?:(?:hey|hi|hello|yo|so|ok|okay|um+|uh+|hm+|well|btw|oh|also|"
     r"(?:quick|silly|random|dumb|stupid) question(?: but)?|question|real quick|"
@@ -176,17 +176,16 @@ def unmatched(a: frozenset[str], b: frozenset[str]) -> tuple[set[str], set[str]]
 
 
 def _conflicting_poles(a: frozenset[tuple[str, int]], b: frozenset[tuple[str, int]]) -> str | None:
-    """An axis whose poles the texts disagree on, or "direction" when they move on different
-    axes ("recover faster" vs "take longer")."""
+    """Opposite poles on a shared axis ("raise" / "lower"), or a change of size, speed,
+    depth... on one side only or on different axes ("recover faster" / "take longer")."""
     axes_a, axes_b = {x for x, _ in a}, {x for x, _ in b}
-    for axis in axes_a & axes_b:
+    for axis in sorted(axes_a & axes_b):
         pa = {p for x, p in a if x == axis}
         pb = {p for x, p in b if x == axis}
         if not (pa <= pb or pb <= pa):
-            return axis
-    moves_a, moves_b = axes_a & MAGNITUDE_AXES, axes_b & MAGNITUDE_AXES
-    if moves_a - moves_b and moves_b - moves_a:
-        return "direction"
+            return f"opposite {axis}"
+    if axes_a & MAGNITUDE_AXES != axes_b & MAGNITUDE_AXES:
+        return "direction differs"
     return None
 
 
@@ -206,9 +205,9 @@ def pair_conflict(a: str, b: str) -> str | None:
         return "numbers differ"
     if fa.negated != fb.negated:
         return "negation differs"
-    axis = _conflicting_poles(fa.poles, fb.poles)
-    if axis:
-        return f"opposite {axis}"
+    opposite = _conflicting_poles(fa.poles, fb.poles)
+    if opposite:
+        return opposite
     if fa.persons and fb.persons and fa.persons != fb.persons:
         return "pronoun perspective differs"
     if _time_conflict(fa.times, fb.times):
