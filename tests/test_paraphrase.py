@@ -33,6 +33,7 @@ from proxy.pipeline.paraphrase import clean_text, content_gap, features, pair_co
     ("what is the population of norway", "what is the population of peru",
      "named things differ"),
     ("how much iron is in spinach", "how much iron is in tofu", "named things differ"),
+    ("tips for a better deadlift", "tips for a better romanian deadlift", "named things differ"),
     ("when should I water tomatoes", "how should I water tomatoes", "asks for something else"),
     ("how do I water tomatoes", "what's the best way to water tomatoes", None),
 ])

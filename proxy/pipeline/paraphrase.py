@@ -124,8 +124,8 @@ def features(text: str) -> TextFeatures:
     numbers |= {NUMBER_WORDS[w] for w in words if w in NUMBER_WORDS}
     persons = tuple(1 if w in FIRST_PERSON else 2 for w in words
                     if w in FIRST_PERSON or w in SECOND_PERSON)
-    entities = {(family, w) for w in words for family, names in ENTITY_FAMILIES.items()
-                if w in names}
+    entities = {(family, _compound(words, i)) for i, w in enumerate(words)
+                for family, names in ENTITY_FAMILIES.items() if w in names}
     content = {w for w in words if w not in _GUARDED and lemma(w) not in _GUARDED and not w[0].isdigit()
                and len(w) > 2 and not _is_stopword(w)}
     return TextFeatures(
@@ -149,6 +149,15 @@ def _is_stopword(word: str) -> bool:
     return len(word) <= 6 and any(
         abs(len(word) - len(stop)) <= 1 and len(stop) >= 3
         and difflib.SequenceMatcher(None, word, stop).ratio() >= 0.8 for stop in _FUNCTION_WORDS)
+
+
+def _compound(words: list[str], i: int) -> str:
+    """A named thing with the content word before it: "goblet squat" is not "squat"."""
+    before = words[i - 1] if i else ""
+    if before and before not in _GUARDED and not before[0].isdigit() and len(before) > 2 \
+            and not _is_stopword(before):
+        return f"{before} {words[i]}"
+    return words[i]
 
 
 def _close(word: str, others: frozenset[str]) -> bool:
