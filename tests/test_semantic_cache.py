@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 
 from proxy.config import ConfigError, Section
+from proxy.embed import Embedder
 from proxy.pipeline.semantic_cache import parse_rules
 from proxy.pipeline.semantic_index import VectorIndex
 from proxy.testing import LiveProxy
@@ -160,3 +163,19 @@ def test_vector_index_finds_nearest_and_forgets_removed_rows() -> None:
     assert [key for key, _ in index.search(query, 3)] != [] and "y" not in dict(
         index.search(query, 3))
     assert len(index) == 2
+
+
+def test_readiness_waits_for_the_embedding_model(semantic: LiveProxy) -> None:
+    async def ready_status() -> int:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(semantic.base_url.removesuffix("/v1") + "/ready") as resp:
+                return resp.status
+
+    loaded = semantic.services.state["embedder"]
+    semantic.run(loaded.wait_ready())
+    assert asyncio.run(ready_status()) == 200
+    semantic.services.state["embedder"] = Embedder()  # a model that has not loaded yet
+    try:
+        assert asyncio.run(ready_status()) == 503
+    finally:
+        semantic.services.state["embedder"] = loaded
