@@ -1,6 +1,9 @@
 """Cache benchmarks.
 
     python bench/cache.py exact [--entries 10000] [--lookups 2000] [--requests 300]
+    python bench/cache.py semantic     # search/embed latency, lookups/s at c=64
+    python bench/cache.py paraphrase   # precision/recall per threshold on the dev pairs
+    python bench/cache.py workload     # wrong answers when replaying the dev workload
 
 `exact`: the exact cache's lookup latency (request key + store read of a stored
 entry) on sqlite and on redis, and the latency of a hit through the live proxy
@@ -24,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import aiohttp
 import orjson
 import redis.asyncio
+import semantic  # noqa: E402  (bench/semantic.py)
 
 from proxy.pipeline.exact_cache import request_key
 from proxy.pipeline.replies import make_completion
@@ -158,9 +163,11 @@ def main() -> None:
     exact.add_argument("--entries", type=int, default=10_000)
     exact.add_argument("--lookups", type=int, default=2_000)
     exact.add_argument("--requests", type=int, default=300)
+    exact.set_defaults(run=lambda args: print(orjson.dumps(
+        run_exact(args), option=orjson.OPT_INDENT_2).decode()))
+    semantic.add_commands(sub)
     args = parser.parse_args()
-    result = {"exact": run_exact}[args.bench](args)
-    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    args.run(args)
 
 
 if __name__ == "__main__":

