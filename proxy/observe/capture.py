@@ -13,10 +13,9 @@ from typing import Any
 
 import orjson
 
-from proxy.pipeline.core import Chunks, Context, Reply
-from proxy.pipeline.replies import StreamAssembler
+from proxy.pipeline.core import Context, Reply
+from proxy.pipeline.replies import tap_stream
 from proxy.store.bodies import BodyRecord
-from proxy.upstream.sse import split_events
 
 log = logging.getLogger("proxy.capture")
 
@@ -32,7 +31,6 @@ class AnswerCapture:
 
     def __init__(self, ctx: Context) -> None:
         self.messages: bytes | None = orjson.dumps(ctx.messages) if logs_bodies(ctx) else None
-        self._assembler: StreamAssembler | None = None
         self._answer: dict[str, Any] | None = None
 
     def attach(self, ctx: Context, reply: Reply) -> None:
@@ -40,8 +38,7 @@ class AnswerCapture:
         if self.messages is None and not (ctx.body.get("tools") or ctx.body.get("functions")):
             return
         if reply.chunks is not None:
-            self._assembler = StreamAssembler()
-            reply.chunks = self._tap(reply.chunks, self._assembler)
+            reply.chunks = tap_stream(reply.chunks, reply, self._keep)
         elif reply.ok:
             try:
                 parsed = reply.json()
@@ -49,26 +46,11 @@ class AnswerCapture:
                 return
             self._answer = parsed if isinstance(parsed, dict) else None
 
-    async def _tap(self, chunks: Chunks, assembler: StreamAssembler) -> Chunks:
-        rest = b""
-        try:
-            async for chunk in chunks:
-                yield chunk
-                if self._assembler is None:
-                    continue
-                events, rest = split_events(rest + chunk)
-                try:
-                    assembler.feed_events(events)
-                except (orjson.JSONDecodeError, AttributeError, TypeError):
-                    log.warning("could not assemble a streamed answer; it is not captured")
-                    self._assembler = None
-        finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+    async def _keep(self, completion: dict[str, Any]) -> None:
+        self._answer = completion
 
     def answer(self) -> dict[str, Any] | None:
         """The complete chat.completion, or None (not watched, failed, or stream cut)."""
-        if self._assembler is not None:
-            return self._assembler.completion() if self._assembler.done else None
         return self._answer
 
     def body_record(self, ctx: Context, ts: float) -> BodyRecord | None:

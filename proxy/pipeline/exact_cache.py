@@ -22,7 +22,7 @@ import asyncio
 import fnmatch
 import hashlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +30,10 @@ import orjson
 
 from proxy.config import Section
 from proxy.pipeline.cache_control import HEADER, CacheDirectives
-from proxy.pipeline.core import Chunks, Context, Next, Reply, Usage
-from proxy.pipeline.replies import StreamAssembler, completion_id, free_reply
+from proxy.pipeline.core import Context, Next, Reply, Usage
+from proxy.pipeline.replies import completion_id, free_reply, tap_stream
 from proxy.store.cache_entries import CacheEntries, SizeLimits
 from proxy.store.kv import StoreError
-from proxy.upstream.sse import split_events
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -200,7 +199,10 @@ class ExactCache:
         if not directives.store or ctx.dry_run:
             return reply
         if reply.is_stream and reply.chunks is not None:
-            reply.chunks = self._store_after_done(ctx, reply, reply.chunks, key, policy)
+            async def store(completion: dict[str, Any]) -> None:
+                self._store(ctx, reply, completion, key, policy)
+
+            reply.chunks = tap_stream(reply.chunks, reply, store)
         else:
             self._store(ctx, reply, _json_or_none(reply), key, policy)
         return reply
@@ -254,20 +256,6 @@ class ExactCache:
             ctx.decide(self.name, "store", f"for {policy.ttl_seconds:g}s", key=key[:16])
         else:
             ctx.decide(self.name, "not_stored", "write queue full")
-
-    async def _store_after_done(self, ctx: Context, reply: Reply, chunks: Chunks, key: str,
-                                policy: Policy) -> AsyncIterator[bytes]:
-        """Pass the stream through, assembling it; store it once `[DONE]` went by."""
-        assembler = StreamAssembler()
-        rest = b""
-        try:
-            async for piece in chunks:
-                events, rest = split_events(rest + piece)
-                assembler.feed_events(events)
-                yield piece
-        finally:  # also on GeneratorExit: the client went away, nothing is stored
-            await chunks.aclose()  # type: ignore[attr-defined]
-        self._store(ctx, reply, assembler.completion(), key, policy)
 
 
 def _marked(reply: Reply, outcome: str) -> Reply:

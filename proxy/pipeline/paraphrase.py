@@ -135,7 +135,8 @@ def features(text: str) -> TextFeatures:
                     if w in FIRST_PERSON or w in SECOND_PERSON)
     entities = {(family, _compound(words, i)) for i, w in enumerate(words)
                 for family, names in ENTITY_FAMILIES.items() if w in names}
-    content = {w for w in words if w not in _GUARDED and lemma(w) not in _GUARDED and not w[0].isdigit()
+    content = {w for w in words
+               if w not in _GUARDED and lemma(w) not in _GUARDED and not w[0].isdigit()
                and len(w) > 2 and not _is_stopword(w)}
     return TextFeatures(
         numbers=frozenset(numbers),

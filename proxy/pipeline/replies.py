@@ -8,15 +8,18 @@ the chunks that passed through.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 
-from proxy.pipeline.core import Context, Reply, Usage
-from proxy.upstream.sse import DONE, event, event_data, from_list
+from proxy.pipeline.core import Chunks, Context, Reply, Usage
+from proxy.upstream.sse import DONE, event, event_data, from_list, split_events
+
+log = logging.getLogger("proxy.replies")
 
 
 def completion_id() -> str:
@@ -160,6 +163,35 @@ class StreamAssembler:
             choices.append({"index": index, "message": message, "logprobs": None,
                             "finish_reason": slot["finish_reason"]})
         return {**self.base, "object": "chat.completion", "choices": choices, "usage": self.usage}
+
+
+async def tap_stream(chunks: Chunks, reply: Reply,
+                     on_done: Callable[[dict[str, Any]], Awaitable[None]]) -> Chunks:
+    """Pass a stream through unchanged while assembling it.
+
+    Once `[DONE]` went by in a stream the upstream finished without error, `on_done`
+    gets the assembled chat.completion before that last piece is handed on (so the
+    client's next request can already see what was stored). A stream that was cut,
+    that the client left (GeneratorExit), or that cannot be parsed calls nothing.
+    Closing the tap closes the inner stream, which releases the upstream.
+    """
+    assembler: StreamAssembler | None = StreamAssembler()
+    rest = b""
+    try:
+        async for piece in chunks:
+            if assembler is not None and not assembler.done:
+                try:
+                    events, rest = split_events(rest + piece)
+                    assembler.feed_events(events)
+                except (orjson.JSONDecodeError, AttributeError, TypeError):
+                    log.warning("could not assemble a streamed answer; it is passed on only")
+                    assembler = None
+                if assembler is not None and assembler.done and reply.completed \
+                        and not reply.error:
+                    await on_done(assembler.completion())
+            yield piece
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 def free_reply(ctx: Context, completion: Mapping[str, Any], *, stage: str,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +24,9 @@ from proxy.embed import Embedder
 from proxy.pipeline.core import Context, Next, Reply, Usage
 from proxy.pipeline.followup import context_dependence
 from proxy.pipeline.paraphrase import clean_text
-from proxy.pipeline.replies import StreamAssembler, completion_id, completion_to_events
+from proxy.pipeline.replies import completion_id, free_reply, tap_stream
 from proxy.pipeline.semantic_index import Entry, Scope, SemanticEntries
 from proxy.pipeline.semantic_verify import PairVerifier
-from proxy.upstream.sse import from_list, split_events
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -158,7 +156,8 @@ class SemanticCache:
             key = hashlib.sha256(orjson.dumps([*scope, question])).hexdigest()[:32]
             pending = Entry(key, scope, question, vector, {}, time.time(), None)
             if reply.is_stream:
-                reply.chunks = self._store_after_stream(reply.chunks, reply, pending)
+                reply.chunks = tap_stream(reply.chunks, reply, lambda completion: self._store(
+                    pending, completion, reply.usage))
             else:
                 await self._store(pending, reply.json(), reply.usage)
         return reply
@@ -186,17 +185,9 @@ class SemanticCache:
     def _reply(self, ctx: Context, entry: Entry, similarity: float) -> Reply:
         completion = {**entry.completion, "id": completion_id(), "created": int(time.time()),
                       "model": ctx.requested_model}
-        reply = Reply(stage=self.name, model=ctx.requested_model,
-                      saved_usage=Usage.from_openai(completion.get("usage")),
-                      headers={CACHE_HEADER: f"hit-semantic; similarity={similarity:.2f}"})
-        if ctx.stream:
-            reply.chunks = from_list(completion_to_events(
-                completion, include_usage=ctx.client_wants_usage))
-            reply.completed = True
-        else:
-            reply.body = orjson.dumps(completion)
-            reply.headers["Content-Type"] = "application/json"
-        return reply
+        return free_reply(ctx, completion, stage=self.name,
+                          saved_usage=Usage.from_openai(completion.get("usage")),
+                          headers={CACHE_HEADER: f"hit-semantic; similarity={similarity:.2f}"})
 
     async def _store(self, pending: Entry, completion: Any, usage: Usage | None) -> None:
         if not storable(completion):
@@ -209,22 +200,6 @@ class SemanticCache:
         pending.completion = completion
         pending.expires = time.time() + ttl if ttl else None
         await self.entries.add(pending, ttl)
-
-    async def _store_after_stream(self, chunks: AsyncIterator[bytes], reply: Reply,
-                                  pending: Entry) -> AsyncIterator[bytes]:
-        assembler = StreamAssembler()
-        buffer = b""
-        try:
-            async for chunk in chunks:
-                if not assembler.done:
-                    events, buffer = split_events(buffer + chunk)
-                    assembler.feed_events(events)
-                    if assembler.done and reply.completed and not reply.error:
-                        # stored before [DONE] reaches the client: its next request can hit
-                        await self._store(pending, assembler.completion(), reply.usage)
-                yield chunk
-        finally:
-            await chunks.aclose()  # type: ignore[attr-defined]  # releases the upstream
 
 
 def build(rules: Rules, services: Services) -> SemanticCache:
