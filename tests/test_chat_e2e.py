@@ -122,6 +122,10 @@ def test_unknown_key_gets_401_invalid_api_key(live: LiveProxy) -> None:
         (b"[1, 2]", 400, "must be a JSON object"),
         (b'{"messages": [{"role": "user", "content": "x"}]}', 400, "model parameter"),
         (b'{"model": "gpt-4o", "messages": []}', 400, "non-empty array"),
+        (b'{"model": "gpt\\u00004o", "messages": [{"role": "user", "content": "x"}]}', 400,
+         "printable characters"),
+        (b'{"model": "' + b"m" * 300 + b'", "messages": [{"role": "user", "content": "x"}]}',
+         400, "printable characters"),
         (b'{"model": "gpt-4o", "messages": [{"role": "robot", "content": "x"}]}', 400,
          "messages[0].role"),
         (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], '

@@ -106,10 +106,21 @@ def test_stream_cut_midway_is_not_stored(semantic: LiveProxy) -> None:
     assert ask(semantic, PARAPHRASE).headers["x-proxy-stage"] == "upstream"
 
 
-def test_no_store_neither_reads_nor_stores(semantic: LiveProxy) -> None:
-    ask(semantic, QUESTION, headers={"x-proxy-cache": "no-store"})
+@pytest.mark.parametrize("directive", ["no-store", "no-cache, no-store", "No-Store"])
+def test_no_store_neither_reads_nor_stores(semantic: LiveProxy, directive: str) -> None:
+    ask(semantic, QUESTION, headers={"x-proxy-cache": directive})
     assert ask(semantic, PARAPHRASE).headers["x-proxy-stage"] == "upstream"
     assert len(semantic.fake.received) == 2
+
+
+def test_answers_from_a_fallback_model_are_not_stored(tmp_path: Path) -> None:
+    with LiveProxy(tmp_path, rules=RULES,
+                   config={"fallbacks": {"gpt-4o": ["fake:gpt-4o-mini"]}}) as live:
+        live.fake.fail("500", count=3, model="gpt-4o")
+        assert ask(live, QUESTION).parse().model == "gpt-4o-mini"
+        again = ask(live, PARAPHRASE)
+    assert again.headers["x-proxy-stage"] == "upstream"
+    assert again.parse().model == "gpt-4o"
 
 
 def test_no_cache_skips_the_read_but_stores(semantic: LiveProxy) -> None:

@@ -8,6 +8,7 @@ import orjson
 
 from proxy.errors import InvalidRequest
 
+MAX_MODEL_CHARS = 256
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 # field -> (accepted types, label, lower bound, upper bound)
@@ -79,6 +80,10 @@ def validate_chat_request(body: dict[str, Any]) -> None:
         raise InvalidRequest("you must provide a model parameter", param="model",
                              code="missing_required_parameter" if model is None
                              else "invalid_type")
+    if len(model) > MAX_MODEL_CHARS or not model.isprintable():
+        raise InvalidRequest(f"Invalid value for 'model': a model name is at most "
+                             f"{MAX_MODEL_CHARS} printable characters.", param="model",
+                             code="invalid_value")
     _check_messages(body.get("messages"))
     _check_type(body, "stream", (bool,), "a boolean")
     _check_type(body, "stream_options", (dict,), "an object")

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from proxy.config import Section
-from proxy.pipeline.cache_control import HEADER, CacheDirectives
+from proxy.pipeline.cache_control import HEADER, CacheDirectives, unstorable
 from proxy.pipeline.core import Context, Next, Reply, Usage
 from proxy.pipeline.replies import completion_id, free_reply, tap_stream
 from proxy.store.cache_entries import CacheEntries, SizeLimits
@@ -148,17 +148,10 @@ def request_key(body: Mapping[str, Any], namespace: str, requested_model: str,
 
 def unstorable_reply(ctx: Context, reply: Reply, completion: Any, policy: Policy) -> str | None:
     """Why an answer must not be stored, or None when it may."""
-    if reply.stage != "upstream":
-        return f"answered by {reply.stage}"
-    if not reply.ok or reply.error:
-        return f"not a complete answer (status {reply.status}, {reply.error or 'no error'})"
-    if reply.is_stream and not reply.completed:
-        return "stream ended before [DONE]"
-    if any(d.stage == "upstream" and d.action == "fallback" for d in ctx.trace):
-        return "answered by a fallback model"
-    choices = completion.get("choices") if isinstance(completion, dict) else None
-    if not isinstance(choices, list) or len(choices) != 1:
-        return "not a single-choice chat.completion"
+    why = unstorable(ctx, reply, completion)
+    if why:
+        return why
+    choices = completion["choices"]
     finish = choices[0].get("finish_reason")
     message = choices[0].get("message") or {}
     if (message.get("tool_calls") or message.get("function_call")) and not policy.cache_tool_calls:

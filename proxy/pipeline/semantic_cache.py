@@ -21,6 +21,7 @@ import orjson
 
 from proxy.config import Section
 from proxy.embed import Embedder
+from proxy.pipeline.cache_control import HEADER, CacheDirectives, unstorable
 from proxy.pipeline.core import Context, Next, Reply, Usage
 from proxy.pipeline.followup import context_dependence
 from proxy.pipeline.paraphrase import clean_text
@@ -31,8 +32,6 @@ from proxy.pipeline.semantic_verify import PairVerifier
 if TYPE_CHECKING:
     from proxy.services import Services
 
-CACHE_HEADER = "x-proxy-cache"
-CACHE_MODES = ("no-cache", "no-store", "refresh")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +99,17 @@ def scope_of(ctx: Context) -> Scope:
     return (ctx.tenant.namespace, ctx.requested_model, digest[:16], ",".join(names))
 
 
-def storable(completion: Any) -> bool:
-    """Only plain finished text answers are worth replaying to someone else."""
-    choices = completion.get("choices") if isinstance(completion, dict) else None
-    return bool(choices) and all(
-        c.get("finish_reason") == "stop" and not (c.get("message") or {}).get("tool_calls")
-        and (c.get("message") or {}).get("content") for c in choices)
+def unstorable_answer(ctx: Context, reply: Reply, completion: Any) -> str | None:
+    """Why not to store: only plain, finished text answers are replayed to someone else."""
+    why = unstorable(ctx, reply, completion)
+    if why:
+        return why
+    choice = completion["choices"][0]
+    message = choice.get("message") or {}
+    if choice.get("finish_reason") != "stop" or message.get("tool_calls") \
+            or not message.get("content"):
+        return "not a finished plain-text answer"
+    return None
 
 
 class SemanticCache:
@@ -134,7 +138,7 @@ class SemanticCache:
         return (None, f"context-dependent: {why}") if why else (text, "")
 
     async def __call__(self, ctx: Context, call_next: Next) -> Reply:
-        mode = str(ctx.headers.get(CACHE_HEADER, "")).strip().lower()
+        directives = CacheDirectives.from_headers(ctx.headers)
         text, why = self.standalone_text(ctx)
         if text is None:
             ctx.decide(self.name, "skip", why)
@@ -143,23 +147,30 @@ class SemanticCache:
         scope = scope_of(ctx)
         await self.entries.ensure_loaded(scope[0])
         vector = await self.embedder.embed(question)
-        if mode in CACHE_MODES:
-            ctx.decide(self.name, "skip_read", f"x-proxy-cache: {mode}")
+        if not directives.read:
+            ctx.decide(self.name, "skip_read", f"x-proxy-cache: {directives.raw}")
         else:
             hit = await self.lookup(ctx, scope, question, vector)
             if hit is not None:
                 return hit
-        if mode == "no-store" or ctx.dry_run:
+        if not directives.store or ctx.dry_run:
             return await call_next(ctx)
         reply = await call_next(ctx)
         if reply.ok and reply.stage == "upstream":
             key = hashlib.sha256(orjson.dumps([*scope, question])).hexdigest()[:32]
             pending = Entry(key, scope, question, vector, {}, time.time(), None)
+
+            async def store(completion: Any) -> None:
+                why = unstorable_answer(ctx, reply, completion)
+                if why:
+                    ctx.decide(self.name, "not_stored", why)
+                else:
+                    await self._store(pending, completion, reply.usage)
+
             if reply.is_stream:
-                reply.chunks = tap_stream(reply.chunks, reply, lambda completion: self._store(
-                    pending, completion, reply.usage))
+                reply.chunks = tap_stream(reply.chunks, reply, store)
             else:
-                await self._store(pending, reply.json(), reply.usage)
+                await store(reply.json())
         return reply
 
     async def lookup(self, ctx: Context, scope: Scope, question: str,
@@ -183,15 +194,12 @@ class SemanticCache:
         return None
 
     def _reply(self, ctx: Context, entry: Entry, similarity: float) -> Reply:
-        completion = {**entry.completion, "id": completion_id(), "created": int(time.time()),
-                      "model": ctx.requested_model}
+        completion = {**entry.completion, "id": completion_id(), "created": int(time.time())}
         return free_reply(ctx, completion, stage=self.name,
                           saved_usage=Usage.from_openai(completion.get("usage")),
-                          headers={CACHE_HEADER: f"hit-semantic; similarity={similarity:.2f}"})
+                          headers={HEADER: f"hit-semantic; similarity={similarity:.2f}"})
 
     async def _store(self, pending: Entry, completion: Any, usage: Usage | None) -> None:
-        if not storable(completion):
-            return
         if usage is not None:
             completion = {**completion, "usage": {
                 "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
