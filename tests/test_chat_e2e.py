@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 
 import aiohttp
@@ -210,3 +211,23 @@ def test_models_lists_upstream_models(live: LiveProxy) -> None:
     assert live.client().models.retrieve("gpt-4o").id == "gpt-4o"
     with pytest.raises(openai.NotFoundError):
         live.client().models.retrieve("no-such-model")
+
+
+def test_upstream_that_never_answers_times_out_as_504(tmp_path: Path) -> None:
+    with LiveProxy(tmp_path, config={"upstream": {"first_byte_timeout": 0.3,
+                                                  "max_retries": 1}}) as live:
+        live.fake.fail("hang", count=2)
+        with pytest.raises(openai.APIStatusError) as err:
+            live.client().chat.completions.create(model="gpt-4o", messages=USER)
+    assert err.value.status_code == 504
+    assert err.value.code == "upstream_timeout"
+
+
+def test_ledger_rows_survive_a_clean_shutdown(tmp_path: Path) -> None:
+    with LiveProxy(tmp_path) as live:
+        for i in range(25):
+            live.client().chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": f"question {i}"}])
+    with sqlite3.connect(tmp_path / "proxy.db") as db:
+        rows = db.execute("SELECT COUNT(*), SUM(prompt_tokens > 0) FROM ledger").fetchone()
+    assert rows == (25, 25)
