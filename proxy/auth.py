@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from proxy.config import KeyConfig
 from proxy.errors import AuthenticationError
 
+ADMIN_NAME = "admin"  # the admin key's tenant name and namespace; never a tenant key's name
+
 
 @dataclass(frozen=True, slots=True)
 class Tenant:
@@ -55,7 +57,7 @@ class KeyRing:
 
     def __init__(self, keys: Iterable[KeyConfig], admin_key_sha256: str | None) -> None:
         self._tenants: dict[str, Tenant] = {k.sha256: Tenant.from_key(k) for k in keys}
-        self._admin = (Tenant("admin", admin_key_sha256, "admin", is_admin=True)
+        self._admin = (Tenant(ADMIN_NAME, admin_key_sha256, ADMIN_NAME, is_admin=True)
                        if admin_key_sha256 else None)
         self.lookup: KeyLookup | None = None
         self._issued: set[str] = set()

@@ -95,6 +95,7 @@ async def start_tenancy(services: Services, session: aiohttp.ClientSession) -> N
         await store.start()
     sync = KeySync(services.keys, store, config.keys_sync_seconds)
     try:
+        await store.reserve(k.name for k in config.keys)
         await sync.sync()
     except REDIS_DOWN as exc:
         log.error("could not load issued keys from redis (%s); retrying in the background", exc)

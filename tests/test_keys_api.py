@@ -124,3 +124,39 @@ def test_key_issued_on_one_replica_works_and_is_revoked_on_another(
             time.sleep(0.05)
         else:
             pytest.fail("revoked key still accepted by the other replica")
+
+
+def test_the_admin_name_is_never_issued(limited: LiveProxy) -> None:
+    status, body = admin_send(limited.base_url, "POST", "/proxy/keys", {"name": "admin"})
+    assert (status, body["error"]["code"], body["error"]["param"]) == (400, "name_taken", "name")
+    _, listing = admin_send(limited.base_url, "GET", "/proxy/keys")
+    assert "admin" not in {k["name"] for k in listing["data"]}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_revoked_name_is_never_issued_again(tmp_path: Path, backend: str,
+                                              redis_prefix: str) -> None:  # noqa: F811
+    config: dict[str, Any] = {"storage": {"backend": "redis", "redis_prefix": redis_prefix}
+                              } if backend == "redis" else {}
+    with LiveProxy(tmp_path, rules=LIMITS_RULES, config=config) as live:
+        chat(live, issue(live)["key"])
+        admin_send(live.base_url, "DELETE", "/proxy/keys/team-a")
+        status, body = admin_send(live.base_url, "POST", "/proxy/keys", {"name": "team-a"})
+        assert (status, body["error"]["code"]) == (400, "name_taken")
+        assert "never issued again" in body["error"]["message"]
+        assert admin_send(live.base_url, "GET", "/proxy/keys/team-a")[0] == 404
+
+
+def test_a_revoked_name_stays_taken_after_a_restart(tmp_path: Path) -> None:
+    with LiveProxy(tmp_path, rules=LIMITS_RULES) as live:
+        issue(live)
+        admin_send(live.base_url, "DELETE", "/proxy/keys/team-a")
+    with LiveProxy(tmp_path, rules=LIMITS_RULES) as live:
+        status, body = admin_send(live.base_url, "POST", "/proxy/keys", {"name": "team-a"})
+    assert (status, body["error"]["code"]) == (400, "name_taken")
+
+
+def test_a_refused_name_does_not_burn_a_valid_one(limited: LiveProxy) -> None:
+    status, _ = admin_send(limited.base_url, "POST", "/proxy/keys", {"name": "x", "rpm": "many"})
+    assert status == 400
+    assert issue(limited, "x")["name"] == "x"

@@ -60,13 +60,13 @@ async def test_free_answers_count_towards_rpm_but_never_reach_the_budget() -> No
     assert replies[0].headers["x-ratelimit-remaining-requests"] == "1"
 
 
-async def test_dry_run_records_what_it_would_do_and_counts_nothing() -> None:
+async def test_dry_run_counts_towards_rpm_but_reserves_nothing() -> None:
     limits = LocalLimits()
     ctx = context(dry_run=True)
-    await chain(limits)(ctx)
-    assert [(d.stage, d.action) for d in ctx.trace] == [("admission", "would_check"),
+    await chain(limits)(ctx)  # KEY's budget has no room: a real request would be refused
+    assert [(d.stage, d.action) for d in ctx.trace] == [("admission", "admitted"),
                                                         ("budget", "would_reserve")]
-    assert (await limits.admit("alice", "t", admission.Limits(rpm=2), 60)).requests.used == 1
+    assert (await limits.admit("alice", "t", admission.Limits(rpm=2), 60)).requests.used == 2
 
 
 @pytest.mark.parametrize(

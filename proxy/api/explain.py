@@ -1,4 +1,9 @@
-"""`POST /v1/proxy/explain`: the decision trace for a chat request, without calling upstream."""
+"""`POST /v1/proxy/explain`: the decision trace for a chat request, without calling upstream.
+
+A dry run stores, reserves and calls nothing, but it counts towards the key's rpm
+and concurrency like any request (it costs CPU), and big bodies are tokenized off
+the event loop.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +19,12 @@ async def explain(request: web.Request) -> web.Response:
     """Run the pipeline in dry-run mode and report what each stage would do."""
     ctx = build_context(request, await request.read())
     ctx.dry_run = True
-    before = tokens.count_request(ctx.body)
+    as_sent = dict(ctx.body)  # stages replace top-level fields, never edit them in place
     tools_before = len(ctx.body.get("tools") or ctx.body.get("functions") or [])
     messages_before = len(ctx.messages)
-    reply = await request.app[PIPELINE].current(ctx)
-    after = tokens.count_request(ctx.body) if reply.stage == "upstream" else 0
+    reply = await request.app[PIPELINE].current(ctx)  # an rpm refusal comes before counting
+    before = await tokens.count_request_async(as_sent)
+    after = await tokens.count_request_async(ctx.body) if reply.stage == "upstream" else 0
     report = {
         "object": "proxy.explanation",
         "answered_by": reply.stage,

@@ -3,6 +3,11 @@
 The secret is generated here and shown once, in the POST answer; only its sha256
 is stored (key store) and loaded into the key ring. Keys from config.toml are
 listed too but can only be changed in the file.
+
+A name is a tenant identity (thread owner, stats scope, spend, cache namespace), so
+`admin` and every name ever issued or found in config.toml (revoked and removed
+ones included) are refused (`key_exists` while in use, else `name_taken`): a new key
+never inherits another's threads, stats, spend or cache.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from aiohttp import web
 
 from proxy.api.validate import parse_json_object
 from proxy.app_keys import SERVICES, tenant_of
+from proxy.auth import ADMIN_NAME
 from proxy.config import ConfigError, KeyConfig, Section, hash_key, parse_key
 from proxy.errors import InvalidRequest, NotFound, PermissionDenied
 from proxy.periods import current_period
@@ -66,12 +72,22 @@ async def create_key(request: web.Request) -> web.Response:
         raise InvalidRequest("'name' must be 1-64 letters, digits, '_', '.' or '-'.",
                              param="name")
     store = key_store_of(services)
-    if _config_key(services, name) or await store.by_name(name):
+    if _config_key(services, name):
         raise InvalidRequest(f"A key named '{name}' already exists.", param="name",
                              code="key_exists")
+    if name == ADMIN_NAME:
+        raise InvalidRequest(f"The name '{name}' is reserved for the admin key; choose "
+                             "another name.", param="name", code="name_taken")
     secret = "sk-proxy-" + secrets.token_urlsafe(32)
     key = _validated(name, fields, hash_key(secret))
-    await store.put(key)
+    if not await store.create(key):
+        if await store.by_name(name):
+            raise InvalidRequest(f"A key named '{name}' already exists.", param="name",
+                                 code="key_exists")
+        raise InvalidRequest(f"The name '{name}' was used by an earlier key (revoked, or "
+                             "removed from config.toml) and is never issued again: its "
+                             "threads, stats and spend stay its own. Choose another name.",
+                             param="name", code="name_taken")
     services.keys.add_issued(key)
     body = await _describe(services, key, "api")
     return web.json_response({**body, "key": secret}, status=201)

@@ -2,7 +2,8 @@
 
 A request over a limit gets 429 `rate_limit_exceeded` with `Retry-After` before any
 other work. Every request counts towards rpm, free answers (patterns, caches)
-included: rpm protects the proxy itself, not only the upstream bill. The stage
+and dry runs (the explain endpoint) included: rpm protects the proxy itself, not
+only the upstream bill. The stage
 also puts OpenAI's `x-ratelimit-*` headers (requests, and tokens as the budget
 stage leaves them) on every reply and error of a key that has limits.
 """
@@ -65,10 +66,6 @@ class Admission:
         if policy is None or not (policy.rpm or policy.tpm or policy.max_concurrent):
             return await call_next(ctx)
         limits = Limits(policy.rpm, policy.tpm, policy.max_concurrent)
-        if ctx.dry_run:
-            ctx.decide(self.name, "would_check", "key has request limits",
-                       rpm=policy.rpm, max_concurrent=policy.max_concurrent)
-            return await call_next(ctx)
         key = ctx.tenant.name
         token = ctx.scratch[TOKEN] = secrets.token_hex(8)
         verdict = await self.limits.admit(key, token, limits, self.rules.lease_seconds)

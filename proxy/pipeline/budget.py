@@ -66,6 +66,16 @@ def completion_tokens_asked(body: dict[str, object], default: int) -> int:
     return per_choice * (n if isinstance(n, int) and n > 0 else 1)
 
 
+def key_ask(key: KeyConfig, tokens_asked: int, cost_usd: float, timezone: str,
+            lease_seconds: float) -> Ask:
+    """What one upstream call for `key` asks to hold: its tokens and cost, within the key's
+    tpm and budget for the current period."""
+    return Ask(tokens=tokens_asked, cost=to_nanos(cost_usd), tpm=key.tpm,
+               budget=None if key.budget_usd is None else to_nanos(key.budget_usd),
+               period=current_period(key.budget_period, timezone, time.time()),
+               lease_seconds=lease_seconds)
+
+
 def _refusal(key: KeyConfig, ask: Ask, verdict: Verdict) -> RateLimited:
     if verdict.reason == "tpm":
         window = verdict.tokens
@@ -100,12 +110,8 @@ class Budget:
         else:
             prompt = tokens.count_request(ctx.body)
         completion = completion_tokens_asked(ctx.body, self.rules.completion_estimate)
-        return Ask(tokens=prompt + completion,
-                   cost=to_nanos(self.prices.cost(ctx.model, prompt, completion)),
-                   tpm=key.tpm,
-                   budget=None if key.budget_usd is None else to_nanos(key.budget_usd),
-                   period=current_period(key.budget_period, self.timezone, time.time()),
-                   lease_seconds=self.rules.reservation_seconds)
+        return key_ask(key, prompt + completion, self.prices.cost(ctx.model, prompt, completion),
+                       self.timezone, self.rules.reservation_seconds)
 
     async def __call__(self, ctx: Context, call_next: Next) -> Reply:
         key = ctx.tenant.policy

@@ -5,8 +5,10 @@ messages (canonical JSON) plus the summary model, prompt and length, so the
 same prefix is summarized once however many requests carry it. Summaries roll
 up: when a longer prefix needs one, the stored summary of the longest shorter
 block-aligned prefix is extended with only the new messages. Concurrent
-requests for the same summary share one upstream call. Used by the trim stage
-and, with the summary kept on the thread, by thread runs.
+requests for the same summary share one upstream call, made (and paid) through
+the `complete` callable of the request that started it (the trim stage passes
+one billed to the requesting key, see charges.py). Used by the trim stage and,
+with the summary kept on the thread, by thread runs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,7 @@ DEFAULT_PROMPT = (
     "the summary, in the third person, no preamble."
 )
 Message = Mapping[str, Any]
+Complete = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +114,10 @@ class Summarizer:
         self.kv = kv
         self.inflight = inflight
 
-    async def make(self, messages: Sequence[Message],
-                   previous: str | None = None) -> tuple[str, Usage | None]:
-        """Ask the summary model (no storage); raises ProxyError when it fails."""
+    async def make(self, messages: Sequence[Message], previous: str | None = None,
+                   complete: Complete | None = None) -> tuple[str, Usage | None]:
+        """Ask the summary model through `complete` (default: the upstream, unbilled; no
+        storage); raises ProxyError when it fails or is refused."""
         body = {
             "model": self.rules.model,
             "max_completion_tokens": self.rules.max_tokens,
@@ -121,7 +125,7 @@ class Summarizer:
             "messages": [{"role": "system", "content": self.rules.prompt},
                          {"role": "user", "content": transcript(messages, previous)}],
         }
-        result = await self.upstream.complete(body)
+        result = await (complete or self.upstream.complete)(body)
         try:
             text = result["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
@@ -136,9 +140,9 @@ class Summarizer:
         return value.decode() if value is not None else None
 
     async def summarize(self, namespace: str, messages: Sequence[Message], *, step: int = 0,
-                        dry_run: bool = False) -> Summary:
-        """The summary of `messages`: stored, or made once (rolling up from the stored
-        summary of the longest prefix whose length is a multiple of `step`)."""
+                        dry_run: bool = False, complete: Complete | None = None) -> Summary:
+        """The summary of `messages`: stored, or made once through `complete` (rolling up
+        from the stored summary of the longest prefix whose length is a multiple of `step`)."""
         key = summary_key(messages, self.rules)
         task = self.inflight.get(key)
         if task is None:
@@ -153,7 +157,8 @@ class Summarizer:
             task = self.inflight.get(key)
         joined = task is not None
         if task is None:
-            task = asyncio.ensure_future(self._make_and_store(namespace, key, messages, step))
+            task = asyncio.ensure_future(
+                self._make_and_store(namespace, key, messages, step, complete))
             self.inflight[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
         try:
@@ -168,7 +173,7 @@ class Summarizer:
             log.warning("summary %s failed: %s", key[:12], task.exception())
 
     async def _make_and_store(self, namespace: str, key: str, messages: Sequence[Message],
-                              step: int) -> tuple[str, Usage | None]:
+                              step: int, complete: Complete | None) -> tuple[str, Usage | None]:
         previous, start = None, 0
         if step > 0:
             for start in range((len(messages) - 1) // step * step, 0, -step):
@@ -178,7 +183,7 @@ class Summarizer:
                     break
             else:
                 start = 0
-        text, usage = await self.make(messages[start:], previous)
+        text, usage = await self.make(messages[start:], previous, complete)
         try:
             await self.kv.put(namespace, key, text.encode(), ttl=self.rules.ttl_seconds)
         except StoreError as exc:

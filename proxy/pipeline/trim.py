@@ -8,8 +8,9 @@ and the recent turns stay verbatim. The cut falls on a multiple of
 `summarize_every` conversation messages, so the summarized prefix (and hence
 its stored summary) changes only every that many messages as a conversation
 grows, and it is moved earlier rather than separate a tool result from the
-assistant message that called it. If the summary cannot be made, the older
-turns are simply dropped and the trace says so.
+assistant message that called it. The summary call is billed to the requesting
+key's budget and tpm (charges.py); if the key has no room for it, or it fails,
+the older turns are simply dropped and the trace says why.
 
 `plan_trim` and `TrimPlan` are plain functions of a message list, reused by
 thread runs (which keep the summary on the thread).
@@ -27,6 +28,7 @@ import orjson
 
 from proxy import tokens
 from proxy.config import Section
+from proxy.pipeline.charges import KeyCharges, charges_of
 from proxy.pipeline.core import Context, Next, Reply
 from proxy.pipeline.summary import (
     DEFAULT_PROMPT,
@@ -95,7 +97,7 @@ def build(rules: TrimRules, services: Services) -> ContextTrimmer:
     """The stage for these rules; in-flight summaries are shared across reloads."""
     inflight = services.state.setdefault("trim", {})
     return ContextTrimmer(rules, Summarizer(rules.summary, services.upstream, services.kv,
-                                            inflight), services)
+                                            inflight), services, charges_of(services))
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,10 +188,12 @@ class ContextTrimmer:
 
     name = "trim"
 
-    def __init__(self, rules: TrimRules, summarizer: Summarizer, services: Services) -> None:
+    def __init__(self, rules: TrimRules, summarizer: Summarizer, services: Services,
+                 charges: KeyCharges) -> None:
         self.rules = rules
         self.summarizer = summarizer
         self.services = services
+        self.charges = charges
 
     async def __call__(self, ctx: Context, call_next: Next) -> Reply:
         if not self.rules.enabled:
@@ -225,7 +229,7 @@ class ContextTrimmer:
         started = time.perf_counter()
         summary = await self.summarizer.summarize(
             f"summary:{ctx.tenant.namespace}", plan.summarized, step=self.rules.summarize_every,
-            dry_run=ctx.dry_run)
+            dry_run=ctx.dry_run, complete=self.charges.complete_for(ctx))
         if summary.source == "made":
             self._record_cost(ctx, summary, started)
         return summary

@@ -3,11 +3,16 @@
 `SqliteKeyStore` (the shared db file) and `RedisKeyStore` (a hash `P:keys`
 name -> policy JSON, and `P:keyhash` sha256 -> name) hold the same thing, so a key
 issued on one process or replica is found by the others.
+
+A key's name is its tenant identity (thread owner, stats scope, spend, default cache
+namespace), so a name is issued once: both stores keep every name ever issued or
+reserved (table `proxy_key_names`, set `P:keynames`) and that record outlives revocation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import aiosqlite
@@ -20,6 +25,17 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS proxy_keys (
     name TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, policy TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS proxy_key_names (name TEXT PRIMARY KEY);
+INSERT OR IGNORE INTO proxy_key_names SELECT name FROM proxy_keys;
+"""
+# KEYS names hashes ever; ARGV name sha256 policy. 1: issued; 0: the name is or was taken.
+_CREATE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or redis.call('SADD', KEYS[3], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+return 1
 """
 
 
@@ -38,6 +54,14 @@ def key_from_json(data: bytes | str) -> KeyConfig:
 
 class KeyStore(Protocol):
     """Keys issued at run time."""
+
+    async def create(self, key: KeyConfig) -> bool:
+        """Issue a key under a name never issued before; False when the name is or was taken."""
+        ...
+
+    async def reserve(self, names: Iterable[str]) -> None:
+        """Record names as taken without issuing keys (config.toml's, kept if removed later)."""
+        ...
 
     async def put(self, key: KeyConfig) -> None:
         """Create or replace the key called `key.name`."""
@@ -69,6 +93,20 @@ class SqliteKeyStore:
     async def start(self) -> None:
         """Create the table if needed."""
         await self.db.executescript(_SCHEMA)
+
+    async def create(self, key: KeyConfig) -> bool:
+        """Issue a key under a name never issued before; False when the name is or was taken."""
+        claimed = await self.db.execute("INSERT OR IGNORE INTO proxy_key_names VALUES (?)",
+                                        (key.name,))
+        if claimed.rowcount == 0:
+            return False
+        await self.put(key)
+        return True
+
+    async def reserve(self, names: Iterable[str]) -> None:
+        """Record names as taken without issuing keys (config.toml's, kept if removed later)."""
+        await self.db.executemany("INSERT OR IGNORE INTO proxy_key_names VALUES (?)",
+                                  [(name,) for name in names])
 
     async def put(self, key: KeyConfig) -> None:
         """Create or replace the key called `key.name`."""
@@ -107,6 +145,20 @@ class RedisKeyStore:
         self.client = client
         self.names = f"{prefix}keys"
         self.hashes = f"{prefix}keyhash"
+        self.ever = f"{prefix}keynames"
+        self._create = client.register_script(_CREATE)
+
+    async def create(self, key: KeyConfig) -> bool:
+        """Issue a key under a name never issued before; False when the name is or was taken."""
+        issued = await self._create(keys=[self.names, self.hashes, self.ever],
+                                    args=[key.name, key.sha256, key_to_json(key)])
+        return bool(issued)
+
+    async def reserve(self, names: Iterable[str]) -> None:
+        """Record names as taken without issuing keys (config.toml's, kept if removed later)."""
+        taken = list(names)
+        if taken:
+            await self.client.sadd(self.ever, *taken)
 
     async def put(self, key: KeyConfig) -> None:
         """Create or replace the key called `key.name`."""
@@ -141,5 +193,6 @@ class RedisKeyStore:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hdel(self.names, name)
             pipe.hdel(self.hashes, old.sha256)
+            pipe.sadd(self.ever, name)  # also for keys issued before names were recorded
             await pipe.execute()
         return True

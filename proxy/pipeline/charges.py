@@ -1,0 +1,100 @@
+"""Proxy-internal upstream calls (the trim stage's summaries) billed to the key they serve.
+
+A summary is made before the budget stage runs, so without this it would spend
+money no reservation covers and no key pays for. `KeyCharges.complete_for(ctx)`
+gives a drop-in for `UpstreamClient.complete` that first holds the call's
+estimate (prompt + max_completion_tokens, priced for its model) against the
+requesting key's tpm and budget in the limit store the budget stage uses, refuses
+with RateLimited / QuotaExceeded when it does not fit (the caller does without:
+trim drops the older turns instead), and afterwards settles the hold to the call's
+usage, or releases it when the call failed. Keys without a policy call as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from proxy import tokens
+from proxy.alerts import AlertSender, crossed
+from proxy.config import KeyConfig
+from proxy.errors import QuotaExceeded, RateLimited
+from proxy.periods import current_period
+from proxy.pipeline.budget import Rules as BudgetRules
+from proxy.pipeline.budget import completion_tokens_asked, key_ask
+from proxy.pipeline.core import Context, Usage
+from proxy.pricing import PriceTable
+from proxy.services import Services
+from proxy.store.limits import Ask, LimitStore, to_nanos, to_usd
+from proxy.tenancy import alerts_of, limits_of
+from proxy.upstream.client import UpstreamClient
+
+log = logging.getLogger("proxy.budget")
+Complete = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+DEFAULTS = BudgetRules()  # completion estimate and longest hold, as the budget stage's
+
+
+def charges_of(services: Services) -> KeyCharges:
+    """Billed internal calls over the shared limit store, prices and alerts."""
+    return KeyCharges(services.upstream, limits_of(services), services.prices,
+                      services.config.server.timezone, alerts_of(services),
+                      services.config.alerts_daily_usd)
+
+
+class KeyCharges:
+    """Reserves, settles or releases internal upstream calls against a key's tpm and budget."""
+
+    def __init__(self, upstream: UpstreamClient, limits: LimitStore, prices: PriceTable,
+                 timezone: str, alerts: AlertSender | None,
+                 daily_usd: tuple[float, ...]) -> None:
+        self.upstream, self.limits, self.prices, self.timezone = upstream, limits, prices, timezone
+        self.alerts, self.daily_usd = alerts, daily_usd
+
+    def complete_for(self, ctx: Context) -> Complete:
+        """`upstream.complete`, billed to the key of the request `ctx`."""
+        key = ctx.tenant.policy
+        if key is None:
+            return self.upstream.complete
+
+        async def complete(body: dict[str, Any]) -> dict[str, Any]:
+            return await self._charged(key, body)
+
+        return complete
+
+    async def _charged(self, key: KeyConfig, body: dict[str, Any]) -> dict[str, Any]:
+        model = str(body["model"])
+        prompt = await tokens.count_request_async(body)
+        completion = completion_tokens_asked(body, DEFAULTS.completion_estimate)
+        ask = key_ask(key, prompt + completion, self.prices.cost(model, prompt, completion),
+                      self.timezone, DEFAULTS.reservation_seconds)
+        token = secrets.token_hex(8)
+        verdict = await self.limits.reserve(key.name, token, ask)
+        if not verdict.allowed:
+            refused = QuotaExceeded if verdict.reason == "budget" else RateLimited
+            raise refused(f"key '{key.name}' has no room for it: {verdict.reason} limit reached;"
+                          f" it may use {ask.tokens} tokens, ${to_usd(ask.cost):.6f}")
+        usage = None
+        try:
+            result = await self.upstream.complete(body)
+            usage = Usage.from_openai(result.get("usage"))
+            return result
+        finally:
+            await self._settle(key, token, ask, model, usage)
+
+    async def _settle(self, key: KeyConfig, token: str, ask: Ask, model: str,
+                      usage: Usage | None) -> None:
+        used, cost = 0, 0
+        if usage is not None:
+            used = usage.total_tokens
+            cost = to_nanos(self.prices.cost(model, usage.prompt_tokens, usage.completion_tokens))
+        day = current_period("day", self.timezone, time.time())
+        try:
+            settled = await self.limits.settle(key.name, token, used, cost, ask.period, day)
+        except Exception:
+            log.exception("could not settle an internal %s call of key %s", model, key.name)
+            return
+        if self.alerts is not None:
+            self.alerts.notify(crossed(key, settled, ask.period, day, self.daily_usd))
