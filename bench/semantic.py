@@ -30,8 +30,12 @@ from proxy.pipeline.followup import context_dependence
 from proxy.pipeline.paraphrase import clean_text
 from proxy.pipeline.replies import make_completion
 from proxy.pipeline.semantic_cache import Rules, SemanticCache
-from proxy.pipeline.semantic_index import (ANN_MIN_ROWS, INLINE_SEARCH_ROWS, SemanticEntries,
-                                           VectorIndex)
+from proxy.pipeline.semantic_index import (
+    ANN_MIN_ROWS,
+    INLINE_SEARCH_ROWS,
+    SemanticEntries,
+    VectorIndex,
+)
 from proxy.pipeline.semantic_verify import PairVerifier
 from proxy.store.kv import SqliteKV
 from proxy.store.sqlite import open_db
