@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import statistics
 import time
 from pathlib import Path
@@ -23,13 +24,18 @@ import numpy as np
 import orjson
 
 from proxy.auth import Tenant
-from proxy.embed import DIMENSIONS, Embedder
+from proxy.embed import DIMENSIONS, Embedder, torch_threads
 from proxy.pipeline.core import Context, Reply, Usage
 from proxy.pipeline.followup import context_dependence
 from proxy.pipeline.paraphrase import clean_text
 from proxy.pipeline.replies import make_completion
 from proxy.pipeline.semantic_cache import Rules, SemanticCache
-from proxy.pipeline.semantic_index import SemanticEntries, VectorIndex
+from proxy.pipeline.semantic_index import (
+    ANN_MIN_ROWS,
+    INLINE_SEARCH_ROWS,
+    SemanticEntries,
+    VectorIndex,
+)
 from proxy.pipeline.semantic_verify import PairVerifier
 from proxy.store.kv import SqliteKV
 from proxy.store.sqlite import open_db
@@ -61,23 +67,42 @@ def _unit_rows(n: int, rng: np.random.Generator) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
+def _search_p50(index: VectorIndex, probes: np.ndarray) -> float:
+    samples = []
+    for q in probes:
+        start = time.perf_counter()
+        index.search(q, 4)
+        samples.append(time.perf_counter() - start)
+    return p50_ms(samples)
+
+
 async def latency(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), queries: int = 200,
                   concurrency: int = 64, lookups: int = 640) -> dict[str, Any]:
     """Search, embed and lookup latency, and lookups/s under concurrency."""
     rng = np.random.default_rng(7)
-    result: dict[str, Any] = {"search_p50_ms": {}}
+    result: dict[str, Any] = {"load_average_at_start": os.getloadavg(),
+                              "torch_threads": torch_threads(), "ann_min_rows": ANN_MIN_ROWS,
+                              "search_p50_ms": {}, "brute_force_search_p50_ms": {}}
     index = VectorIndex()
     for size in sizes:
+        rows = _unit_rows(size, rng)
+        exact = VectorIndex(capacity=size, ann_min_rows=size + 1)
         index = VectorIndex(capacity=size)
-        for i, row in enumerate(_unit_rows(size, rng)):
+        for i, row in enumerate(rows):
+            exact.add(str(i), row)
             index.add(str(i), row)
-        probes = _unit_rows(queries, rng)
-        samples = []
-        for q in probes:
+        if index.wants_ann_build():
             start = time.perf_counter()
-            index.search(q, 4)
-            samples.append(time.perf_counter() - start)
-        result["search_p50_ms"][size] = p50_ms(samples)
+            await index.build_ann()
+            result[f"ann_build_s_at_{size}"] = round(time.perf_counter() - start, 2)
+            near = rows[:queries] + 0.3 * _unit_rows(queries, rng)
+            near /= np.linalg.norm(near, axis=1, keepdims=True)
+            result[f"ann_top1_equals_brute_force_at_{size}"] = float(np.mean(
+                [index.search(q, 1)[0][0] == exact.search(q, 1)[0][0] for q in near]))
+        probes = _unit_rows(queries, rng)
+        result["search_p50_ms"][size] = _search_p50(index, probes)
+        result["brute_force_search_p50_ms"][size] = _search_p50(exact, probes)
+        del exact
     texts = [clean_text(e["text"]) for e in read_jsonl("workload_dev.jsonl")
              if context_dependence(e["text"]) is None]
     embedder = Embedder()
@@ -93,7 +118,7 @@ async def latency(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), queries: in
     result["embed_p50_ms"] = p50_ms(embed_s)
     result[f"embed_plus_search_p50_ms_at_{len(index)}"] = p50_ms(both_s)
     verifier = PairVerifier(embedder, Rules().synonym_similarity)
-    calls_before = embedder.encode_calls
+    calls_before, words_before = embedder.encode_calls, len(embedder._cached)
     queue = collections.deque(texts[i % len(texts)] + " ?" * (i // len(texts))
                               for i in range(lookups))
 
@@ -101,7 +126,7 @@ async def latency(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), queries: in
         while queue:
             text = queue.popleft()
             vector = await embedder.embed(text)
-            if len(index) > 4096:
+            if index.ann is None and len(index) > INLINE_SEARCH_ROWS:
                 await asyncio.to_thread(index.search, vector, 4)
             else:
                 index.search(vector, 4)
@@ -112,6 +137,8 @@ async def latency(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), queries: in
     elapsed = time.perf_counter() - start
     result[f"lookups_per_s_c{concurrency}_at_{len(index)}"] = round(lookups / elapsed, 1)
     result["encode_calls_for_lookups"] = embedder.encode_calls - calls_before
+    result["words_embedded_by_verify_for_lookups"] = len(embedder._cached) - words_before
+    result["load_average_at_end"] = os.getloadavg()
     await embedder.aclose()
     return result
 

@@ -2,9 +2,11 @@
 
 Entries of one tenant namespace live in the KV store under `semantic:{namespace}`
 and are read back at start-up. Only entries of the same scope (namespace, model,
-instructions hash, tool names) are ever compared. Search is a dot product over a
-normalized float32 matrix; measured at 100k x 384 it stays within the latency
-budget (bench/cache.py semantic), so no ANN library is needed.
+instructions hash, tool names) are ever compared. Search is an exact dot product
+over a normalized float32 matrix up to ANN_MIN_ROWS entries per scope; above that
+a faiss IVF index (`semantic_ann`) answers instead, built in a worker thread once
+the scope crosses the size (or at start-up, in one batch) and rebuilt when a
+quarter of its vectors were removed (removal only marks them dead).
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ import numpy as np
 import orjson
 
 from proxy.embed import DIMENSIONS
+from proxy.pipeline.semantic_ann import IvfIndex
 from proxy.store.kv import KVStore
 
 Scope = tuple[str, str, str, str]  # namespace, model, instructions hash, tool names
 INLINE_SEARCH_ROWS = 4096  # larger matrices are searched in a worker thread
+# Brute force over 384 floats per row takes ~2.5 ms at 20k rows on the shared 2-core
+# machine (12-40 ms at 100k); the IVF index answers in under 1 ms at either size.
+ANN_MIN_ROWS = 20_000
 
 
 @dataclass(slots=True)
@@ -56,12 +62,20 @@ class Entry:
 
 
 class VectorIndex:
-    """Unit vectors in a growable float32 matrix; nearest neighbours by dot product."""
+    """Unit vectors in a growable float32 matrix; nearest neighbours by dot product,
+    or by an IVF index once the scope holds `ann_min_rows` vectors."""
 
-    def __init__(self, capacity: int = 64) -> None:
+    def __init__(self, capacity: int = 64, ann_min_rows: int | None = None) -> None:
         self.matrix = np.zeros((capacity, DIMENSIONS), dtype=np.float32)
         self.keys: list[str] = []
         self.rows: dict[str, int] = {}
+        self.ann_min_rows = ANN_MIN_ROWS if ann_min_rows is None else ann_min_rows
+        self.ann: IvfIndex | None = None
+        self._ids: dict[str, int] = {}  # key -> id of its current vector in the IVF index
+        self._live: dict[int, tuple[str, np.ndarray]] = {}  # id -> key, vector (id order)
+        self._next_id = 0
+        self._building = False
+        self._removed_while_building: list[int] = []
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -75,7 +89,15 @@ class VectorIndex:
                 self.matrix = np.concatenate([self.matrix, np.zeros_like(self.matrix)])
             self.keys.append(key)
             self.rows[key] = row
+        else:
+            self._forget_id(key)
         self.matrix[row] = vector
+        vector_id = self._next_id
+        self._next_id += 1
+        self._ids[key] = vector_id
+        self._live[vector_id] = (key, vector)
+        if self.ann is not None:
+            self.ann.add(np.array([vector_id]), vector)
 
     def remove(self, key: str) -> None:
         """Drop `key` (the last row moves into its place)."""
@@ -89,9 +111,55 @@ class VectorIndex:
             self.keys[row] = moved
             self.rows[moved] = row
         self.keys.pop()
+        self._forget_id(key)
+        if self.ann is not None and len(self.keys) < self.ann_min_rows // 2:
+            self.ann = None
+
+    def _forget_id(self, key: str) -> None:
+        vector_id = self._ids.pop(key)
+        del self._live[vector_id]
+        if self.ann is not None:
+            self.ann.dead += 1
+        if self._building:
+            self._removed_while_building.append(vector_id)
+
+    def wants_ann_build(self) -> bool:
+        """True when the IVF index should be (re)built: the scope crossed `ann_min_rows`,
+        or a quarter of the indexed vectors were removed since the last build."""
+        if self._building or len(self.keys) < self.ann_min_rows:
+            return False
+        return self.ann is None or self.ann.dead > self.ann.built_size // 4
+
+    async def build_ann(self) -> None:
+        """Build the IVF index from the current vectors in a worker thread, then swap it
+        in after adding what arrived and marking what left meanwhile."""
+        snapshot = list(self._live.items())
+        if not snapshot:
+            return
+        self._building = True
+        self._removed_while_building = []
+        try:
+            ids = np.fromiter((i for i, _ in snapshot), dtype=np.int64, count=len(snapshot))
+            ann = await asyncio.to_thread(
+                lambda: IvfIndex.build(ids, np.stack([v for _, (_, v) in snapshot])))
+        finally:
+            self._building = False
+        newest = int(ids[-1])
+        arrived = []
+        for vector_id in reversed(self._live):
+            if vector_id <= newest:
+                break
+            arrived.append(vector_id)
+        if arrived:
+            ann.add(np.array(arrived), np.stack([self._live[i][1] for i in arrived]))
+        ann.dead = sum(1 for i in self._removed_while_building if i <= newest)
+        self.ann = ann if len(self.keys) >= self.ann_min_rows // 2 else None
 
     def search(self, query: np.ndarray, k: int) -> list[tuple[str, float]]:
         """The `k` nearest keys with their cosine similarity, best first."""
+        if self.ann is not None:
+            found = self.ann.search(query, 2 * k)
+            return [(self._live[i][0], score) for i, score in found if i in self._live][:k]
         n = len(self.keys)
         if n == 0:
             return []
@@ -111,6 +179,7 @@ class SemanticEntries:
         self._entries: dict[str, OrderedDict[str, Entry]] = {}
         self._indexes: dict[Scope, VectorIndex] = {}
         self._loads: dict[str, asyncio.Task[None]] = {}
+        self._builds: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def kv_namespace(namespace: str) -> str:
@@ -136,16 +205,27 @@ class SemanticEntries:
         for entry in sorted(loaded, key=lambda e: e.created):
             entries[entry.key] = entry
             self._index(entry.scope).add(entry.key, entry.vector)
+        scopes = {entry.scope for entry in loaded}
+        for index in (self._indexes[scope] for scope in scopes):
+            if index.wants_ann_build():
+                await index.build_ann()
 
     def _index(self, scope: Scope) -> VectorIndex:
         return self._indexes.setdefault(scope, VectorIndex())
+
+    def _maybe_build(self, index: VectorIndex) -> None:
+        """(Re)build a scope's IVF index in the background when it asks for one."""
+        if index.wants_ann_build():
+            task = asyncio.get_running_loop().create_task(index.build_ann())
+            self._builds.add(task)
+            task.add_done_callback(self._builds.discard)
 
     async def search(self, scope: Scope, vector: np.ndarray, k: int) -> list[tuple[Entry, float]]:
         """Live entries of `scope` nearest to `vector`, best first."""
         index = self._indexes.get(scope)
         if index is None or not len(index):
             return []
-        if len(index) > INLINE_SEARCH_ROWS:
+        if index.ann is None and len(index) > INLINE_SEARCH_ROWS:
             found = await asyncio.to_thread(index.search, vector, k)
         else:
             found = index.search(vector, k)
@@ -172,7 +252,9 @@ class SemanticEntries:
         entries = self._entries.setdefault(namespace, OrderedDict())
         entries[entry.key] = entry
         entries.move_to_end(entry.key)
-        self._index(entry.scope).add(entry.key, entry.vector)
+        index = self._index(entry.scope)
+        index.add(entry.key, entry.vector)
+        self._maybe_build(index)
         await self.kv.put(self.kv_namespace(namespace), entry.key, entry.to_bytes(), ttl)
         while len(entries) > self.max_entries:
             _, oldest = next(iter(entries.items()))
@@ -184,8 +266,15 @@ class SemanticEntries:
         index = self._indexes.get(entry.scope)
         if index is not None:
             index.remove(entry.key)
+            self._maybe_build(index)
         await self.kv.delete(self.kv_namespace(entry.scope[0]), entry.key)
 
     def count(self, namespace: str) -> int:
         """How many entries a namespace holds in memory."""
         return len(self._entries.get(namespace, ()))
+
+    async def aclose(self) -> None:
+        """Stop index builds still running (at shutdown)."""
+        for task in list(self._builds):
+            task.cancel()
+        await asyncio.gather(*self._builds, return_exceptions=True)
