@@ -111,6 +111,17 @@ def test_bad_parameters_get_400(live: LiveProxy, query: str, param: str) -> None
     assert body["error"]["param"] == param
 
 
+@pytest.mark.parametrize(("query", "param"), [
+    ("to=1e20", "to"), ("from=-1e20", "from"), ("from=nan", "from"), ("to=inf", "to"),
+    ("from=1969-12-31", "from"), ("from=0001-01-01T00:00:00%2B01:00", "from")])
+def test_out_of_range_times_get_400_naming_the_param(live: LiveProxy, query: str,
+                                                     param: str) -> None:
+    status, body = admin_get(live, f"/v1/proxy/stats?{query}")
+    assert status == 400
+    assert body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["param"] == param
+
+
 def test_stats_need_a_key(live: LiveProxy) -> None:
     import urllib.error
     import urllib.request
@@ -161,6 +172,23 @@ def test_parse_time(text: str, end_of_day: bool, expected: float) -> None:
 def test_window_defaults_to_the_last_30_days() -> None:
     window = Window.parse(None, None, now=1_000_000_000.0)
     assert window.end - window.start == pytest.approx(30 * 86_400, abs=2)
+
+
+@pytest.mark.parametrize("text", ["1e20", "-1", "nan", "inf", "-inf", "1969-12-31",
+                                  "1969-12-31T23:59:59Z", "9999-12-31T23:00:00-05:00"])
+def test_parse_time_refuses_times_outside_1970_to_9999(text: str) -> None:
+    with pytest.raises(WindowError, match="between 1970"):
+        parse_time(text)
+
+
+@pytest.mark.parametrize(("text", "end_of_day", "expected"), [
+    ("0", False, 0.0),
+    ("9999-12-31", False, 253_402_214_400.0),
+    ("9999-12-31", True, 253_402_300_799.0),
+])
+def test_parse_time_accepts_the_edges_of_the_range(text: str, end_of_day: bool,
+                                                   expected: float) -> None:
+    assert parse_time(text, end_of_day=end_of_day) == expected
 
 
 def test_window_refuses_garbage() -> None:

@@ -53,7 +53,7 @@ def window_of(request: web.Request) -> Window:
     try:
         return Window.parse(request.query.get("from"), request.query.get("to"), wanted)
     except WindowError as exc:
-        raise InvalidRequest(f"Invalid time window: {exc}.", param="from",
+        raise InvalidRequest(f"Invalid time window: {exc}.", param=exc.param,
                              code="invalid_value") from None
 
 
