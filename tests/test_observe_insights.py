@@ -70,6 +70,21 @@ def test_max_tokens_far_above_output_is_reported(live: LiveProxy) -> None:
     assert rec["evidence"]["window_savings_usd"] == pytest.approx(260 * 10 / 1e6)
 
 
+def test_max_tokens_caps_are_computed_per_key_and_model(live: LiveProxy) -> None:
+    groups = {("alice", "gpt-4o"): [100, 100, 100, 900], ("alice", "gpt-4.1"): [10, 10, 10],
+              ("bob", "gpt-4o"): [500, 500, 700]}
+    insert_entries(live, [sample_entry(ts=DAY + i, tenant=key, model=model, max_tokens=4000,
+                                       completion_tokens=n)
+                          for (key, model), outputs in groups.items()
+                          for i, n in enumerate(outputs)])
+    body = admin_get(live, f"/v1/proxy/recommendations?{WINDOW}")[1]
+    got = {(r["evidence"]["key"], r["evidence"]["model"]):
+           (r["evidence"]["suggested_max_tokens"], r["evidence"]["tokens_over_cap"])
+           for r in body["recommendations"] if r["kind"] == "lower_max_tokens"}
+    assert got == {("alice", "gpt-4o"): (640, 260), ("alice", "gpt-4.1"): (64, 0),
+                   ("bob", "gpt-4o"): (1152, 0)}
+
+
 def test_no_traffic_no_recommendations(live: LiveProxy) -> None:
     body = admin_get(live, "/v1/proxy/recommendations")[1]
     assert body["recommendations"] == [] and body["total_estimated_monthly_savings_usd"] == 0

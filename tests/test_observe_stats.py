@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import aiosqlite
 import pytest
 
+from proxy.observe.stats import stats
 from proxy.observe.window import Window, WindowError, parse_time
+from proxy.pricing import PriceTable
 from proxy.testing import LiveProxy, admin_get, insert_entries, sample_entry
 
 DAY1 = 1_740_823_200.0  # 2025-03-01T10:00:00Z
@@ -72,6 +77,24 @@ def test_group_by(scripted: LiveProxy, group_by: str, expected: dict) -> None:
     for name, (calls, cost, baseline) in expected.items():
         assert got[name][0] == calls
         assert got[name][1:] == pytest.approx((cost, baseline))
+
+
+@pytest.mark.parametrize("group_by", [None, "day", "hour", "key", "model", "stage"])
+async def test_stats_read_the_ledger_only_through_the_covering_index(
+        tmp_path: Path, group_by: str | None) -> None:
+    with LiveProxy(tmp_path) as live:  # the server creates the index at startup
+        insert_entries(live, SCRIPT)
+    statements: list[str] = []
+    async with aiosqlite.connect(tmp_path / "proxy.db") as db:
+        await db.set_trace_callback(statements.append)
+        result = await stats(db, Window.parse("2025-03-01", "2025-03-02"), PriceTable(),
+                             group_by)
+        await db.set_trace_callback(None)
+        plans = [[row[3] for row in await db.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}")
+                  if "ledger" in row[3]] for sql in statements]
+    assert result["totals"]["calls"] == 7
+    assert plans and all(plan for plan in plans)
+    assert all("USING COVERING INDEX ledger_stats" in step for plan in plans for step in plan)
 
 
 def test_tenant_key_sees_only_its_own_rows(scripted: LiveProxy) -> None:

@@ -13,6 +13,8 @@ decide. `/dashboard` is public: the page holds no data until it is given a key.
 from __future__ import annotations
 
 import contextlib
+import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -29,8 +31,10 @@ from proxy.observe.metrics import BUDGET_HOOK, Metrics
 from proxy.observe.recommend import recommendations
 from proxy.observe.requestlog import log_requests
 from proxy.observe.routing import routing_metrics
-from proxy.observe.stats import GROUPS, stats
+from proxy.observe.stats import GROUPS, STATS_INDEX, stats
 from proxy.observe.window import Window, WindowError
+
+log = logging.getLogger("proxy.observe")
 
 METRICS = web.AppKey("metrics", Metrics)
 READER = web.AppKey("ledger_reader", aiosqlite.Connection)
@@ -136,6 +140,11 @@ async def _observability_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = Metrics(services.state, services.prices)
     app[METRICS] = metrics
     services.ledger.observers.extend([metrics.observe, log_requests])
+    try:
+        await services.db.execute(STATS_INDEX)
+    except sqlite3.OperationalError:  # e.g. another worker still building it: stats work without
+        log.warning("could not create the stats index now; stats queries will be slower",
+                    exc_info=True)
     reader, owned = await _reader_connection(services.config.storage.sqlite_path, services.db)
     app[READER] = reader
     try:
