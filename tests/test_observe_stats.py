@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import aiosqlite
 import pytest
 
+from proxy.observe.stats import stats
 from proxy.observe.window import Window, WindowError, parse_time
+from proxy.pricing import PriceTable
 from proxy.testing import LiveProxy, admin_get, insert_entries, sample_entry
 
 DAY1 = 1_740_823_200.0  # 2025-03-01T10:00:00Z
@@ -74,6 +79,24 @@ def test_group_by(scripted: LiveProxy, group_by: str, expected: dict) -> None:
         assert got[name][1:] == pytest.approx((cost, baseline))
 
 
+@pytest.mark.parametrize("group_by", [None, "day", "hour", "key", "model", "stage"])
+async def test_stats_read_the_ledger_only_through_the_covering_index(
+        tmp_path: Path, group_by: str | None) -> None:
+    with LiveProxy(tmp_path) as live:  # the server creates the index at startup
+        insert_entries(live, SCRIPT)
+    statements: list[str] = []
+    async with aiosqlite.connect(tmp_path / "proxy.db") as db:
+        await db.set_trace_callback(statements.append)
+        result = await stats(db, Window.parse("2025-03-01", "2025-03-02"), PriceTable(),
+                             group_by)
+        await db.set_trace_callback(None)
+        plans = [[row[3] for row in await db.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}")
+                  if "ledger" in row[3]] for sql in statements]
+    assert result["totals"]["calls"] == 7
+    assert plans and all(plan for plan in plans)
+    assert all("USING COVERING INDEX ledger_stats" in step for plan in plans for step in plan)
+
+
 def test_tenant_key_sees_only_its_own_rows(scripted: LiveProxy) -> None:
     status, body = admin_get(scripted, f"/v1/proxy/stats?{WINDOW}&group_by=key", key="bob")
     assert status == 200
@@ -108,6 +131,17 @@ def test_window_in_unix_seconds_selects_the_same_rows(scripted: LiveProxy) -> No
 def test_bad_parameters_get_400(live: LiveProxy, query: str, param: str) -> None:
     status, body = admin_get(live, f"/v1/proxy/stats?{query}")
     assert status == 400
+    assert body["error"]["param"] == param
+
+
+@pytest.mark.parametrize(("query", "param"), [
+    ("to=1e20", "to"), ("from=-1e20", "from"), ("from=nan", "from"), ("to=inf", "to"),
+    ("from=1969-12-31", "from"), ("from=0001-01-01T00:00:00%2B01:00", "from")])
+def test_out_of_range_times_get_400_naming_the_param(live: LiveProxy, query: str,
+                                                     param: str) -> None:
+    status, body = admin_get(live, f"/v1/proxy/stats?{query}")
+    assert status == 400
+    assert body["error"]["type"] == "invalid_request_error"
     assert body["error"]["param"] == param
 
 
@@ -161,6 +195,23 @@ def test_parse_time(text: str, end_of_day: bool, expected: float) -> None:
 def test_window_defaults_to_the_last_30_days() -> None:
     window = Window.parse(None, None, now=1_000_000_000.0)
     assert window.end - window.start == pytest.approx(30 * 86_400, abs=2)
+
+
+@pytest.mark.parametrize("text", ["1e20", "-1", "nan", "inf", "-inf", "1969-12-31",
+                                  "1969-12-31T23:59:59Z", "9999-12-31T23:00:00-05:00"])
+def test_parse_time_refuses_times_outside_1970_to_9999(text: str) -> None:
+    with pytest.raises(WindowError, match="between 1970"):
+        parse_time(text)
+
+
+@pytest.mark.parametrize(("text", "end_of_day", "expected"), [
+    ("0", False, 0.0),
+    ("9999-12-31", False, 253_402_214_400.0),
+    ("9999-12-31", True, 253_402_300_799.0),
+])
+def test_parse_time_accepts_the_edges_of_the_range(text: str, end_of_day: bool,
+                                                   expected: float) -> None:
+    assert parse_time(text, end_of_day=end_of_day) == expected
 
 
 def test_window_refuses_garbage() -> None:

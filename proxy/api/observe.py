@@ -4,14 +4,17 @@ and the dashboard page.
 Who sees what: the admin key sees every key (and may narrow with `key=`); a
 tenant key sees only its own rows, and asking for another key's is a 403. Queries
 run on a separate read-only sqlite connection (WAL readers do not wait for the
-writers), after this worker's pending ledger rows are flushed. `/metrics` and
-`/dashboard` are public: the metrics carry aggregates only (no request data) and
-the page holds no data until it is given a key.
+writers), after this worker's pending ledger rows are flushed. `/metrics` needs the
+admin key (it names every key and its budget) unless config.toml's `[admin]`
+`metrics_public = true`; the auth middleware lets it through so the handler can
+decide. `/dashboard` is public: the page holds no data until it is given a key.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -28,8 +31,10 @@ from proxy.observe.metrics import BUDGET_HOOK, Metrics
 from proxy.observe.recommend import recommendations
 from proxy.observe.requestlog import log_requests
 from proxy.observe.routing import routing_metrics
-from proxy.observe.stats import GROUPS, stats
+from proxy.observe.stats import GROUPS, STATS_INDEX, stats
 from proxy.observe.window import Window, WindowError
+
+log = logging.getLogger("proxy.observe")
 
 METRICS = web.AppKey("metrics", Metrics)
 READER = web.AppKey("ledger_reader", aiosqlite.Connection)
@@ -53,7 +58,7 @@ def window_of(request: web.Request) -> Window:
     try:
         return Window.parse(request.query.get("from"), request.query.get("to"), wanted)
     except WindowError as exc:
-        raise InvalidRequest(f"Invalid time window: {exc}.", param="from",
+        raise InvalidRequest(f"Invalid time window: {exc}.", param=exc.param,
                              code="invalid_value") from None
 
 
@@ -100,8 +105,14 @@ async def get_budgets(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    """`GET /metrics`: Prometheus text exposition (public; aggregates only)."""
-    await request.app[SERVICES].ledger.flush()
+    """`GET /metrics`: Prometheus text exposition (admin key, unless metrics_public)."""
+    services = request.app[SERVICES]
+    if not services.config.metrics_public:
+        tenant = await services.keys.authenticate(request.headers)
+        if not tenant.is_admin:
+            raise PermissionDenied("Reading /metrics needs the admin key (or set "
+                                   "metrics_public = true in config.toml's [admin] table).")
+    await services.ledger.flush()
     return web.Response(body=request.app[METRICS].render(),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -126,9 +137,14 @@ async def _reader_connection(db_path: str, fallback: aiosqlite.Connection
 
 async def _observability_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
-    metrics = Metrics(services.state)
+    metrics = Metrics(services.state, services.prices)
     app[METRICS] = metrics
     services.ledger.observers.extend([metrics.observe, log_requests])
+    try:
+        await services.db.execute(STATS_INDEX)
+    except sqlite3.OperationalError:  # e.g. another worker still building it: stats work without
+        log.warning("could not create the stats index now; stats queries will be slower",
+                    exc_info=True)
     reader, owned = await _reader_connection(services.config.storage.sqlite_path, services.db)
     app[READER] = reader
     try:

@@ -4,6 +4,10 @@
 messages the client sent followed by the assistant's answer (the format OpenAI's
 fine-tuning accepts; `developer` messages become `system`). Only requests whose
 key had `log_bodies` on are there. Rows are streamed in batches, never loaded whole.
+
+CSV text cells that a spreadsheet would read as a formula (starting with = + - @,
+tab or carriage return; clients choose models, request ids and cause errors) get a
+leading single quote, as OWASP's CSV-injection guidance recommends.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import orjson
 from proxy.observe.window import Window
 
 _BATCH = 1000
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 async def iter_rows(db: aiosqlite.Connection, table: str, window: Window,
@@ -49,6 +54,13 @@ async def export_openai_jsonl(db: aiosqlite.Connection, window: Window, out: Tex
     return count
 
 
+def spreadsheet_safe(cell: Any) -> Any:
+    """The cell, with a leading `'` if it is text a spreadsheet would run as a formula."""
+    if isinstance(cell, str) and cell.startswith(_FORMULA_STARTS):
+        return "'" + cell
+    return cell
+
+
 async def export_csv(db: aiosqlite.Connection, window: Window, out: TextIO) -> int:
     """Write the ledger rows as CSV with a header line; returns the number of rows."""
     writer = csv.writer(out)
@@ -56,6 +68,6 @@ async def export_csv(db: aiosqlite.Connection, window: Window, out: TextIO) -> i
     async for names, row in iter_rows(db, "ledger", window):
         if count == 0:
             writer.writerow(names)
-        writer.writerow(row)
+        writer.writerow([spreadsheet_safe(cell) for cell in row])
         count += 1
     return count

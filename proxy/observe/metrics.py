@@ -2,7 +2,10 @@
 
 `Metrics.observe` is a ledger observer: it runs in the ledger's flusher, never on
 the request path. Labels are aggregates (stage, model, status, key); no request
-ids or bodies. With several workers (`serve --workers N`) the serve command sets
+ids or bodies. Every label comes from a bounded set, since series are never freed:
+stages and statuses are the proxy's, keys are the operator's, and a `model` label is
+the model's name only for priced models (`ModelLabels`); any other name the client
+sent is counted as "other". With several workers (`serve --workers N`) the serve command sets
 PROMETHEUS_MULTIPROC_DIR before the workers start; every worker then writes its
 samples there and any worker's `/metrics` reports the sum over all of them.
 
@@ -24,6 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from proxy.pricing import PriceTable
 from proxy.store.ledger import LedgerEntry
 
 log = logging.getLogger("proxy.metrics")
@@ -33,6 +37,35 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CACHE_STAGES = frozenset({"pattern", "exact_cache", "semantic_cache"})
 _UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+OTHER_MODEL = "other"
+MODEL_LABEL_MAX_CHARS = 64
+MODEL_LABEL_LIMIT = 64
+
+
+class ModelLabels:
+    """The `model` label for a model name, from a bounded set.
+
+    A model with a known price (the price table, with config.toml's additions) keeps
+    its name, up to MODEL_LABEL_MAX_CHARS long; everything else is OTHER_MODEL.
+    Dated snapshots are priced by prefix (`gpt-4o-2024-08-06`), so a client could
+    still invent endless priced-looking names: at most MODEL_LABEL_LIMIT names are
+    ever given out, first come first served, and later new names are OTHER_MODEL.
+    """
+
+    def __init__(self, prices: PriceTable, limit: int = MODEL_LABEL_LIMIT) -> None:
+        self.prices = prices
+        self.limit = limit
+        self.named: set[str] = set()
+
+    def __call__(self, model: str) -> str:
+        """The label to count `model` under."""
+        if model in self.named:
+            return model
+        if (len(self.named) < self.limit and len(model) <= MODEL_LABEL_MAX_CHARS
+                and self.prices.price(model).known):
+            self.named.add(model)
+            return model
+        return OTHER_MODEL
 
 
 class BudgetCollector(Collector):
@@ -58,7 +91,8 @@ class BudgetCollector(Collector):
 class Metrics:
     """The proxy's Prometheus metrics (a private registry per application)."""
 
-    def __init__(self, state: Mapping[str, Any]) -> None:
+    def __init__(self, state: Mapping[str, Any], prices: PriceTable) -> None:
+        self.model_label = ModelLabels(prices)
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("proxy_requests", "Requests by answering stage, model and status",
@@ -93,20 +127,21 @@ class Metrics:
     def observe(self, rows: Sequence[LedgerEntry]) -> None:
         """Count a batch of ledger rows (a ledger observer)."""
         for row in rows:
-            self.requests.labels(row.stage, row.model, str(row.status)).inc()
+            model = self.model_label(row.model)
+            self.requests.labels(row.stage, model, str(row.status)).inc()
             if row.cost_usd:
-                self.cost.labels(row.tenant, row.model).inc(row.cost_usd)
+                self.cost.labels(row.tenant, model).inc(row.cost_usd)
             if row.baseline_usd:
                 self.baseline.labels(row.tenant).inc(row.baseline_usd)
             if row.prompt_tokens or row.completion_tokens:
-                self.tokens.labels("prompt", row.model).inc(row.prompt_tokens)
-                self.tokens.labels("completion", row.model).inc(row.completion_tokens)
+                self.tokens.labels("prompt", model).inc(row.prompt_tokens)
+                self.tokens.labels("completion", model).inc(row.completion_tokens)
             if row.stage in CACHE_STAGES:
                 self.cache_hits.labels(row.stage).inc()
             if row.status == 429:
                 self.rate_limited.labels(row.tenant).inc()
             if row.upstream_ms is not None:
-                self.upstream_latency.labels(row.model).observe(row.upstream_ms / 1000.0)
+                self.upstream_latency.labels(model).observe(row.upstream_ms / 1000.0)
                 self.overhead.observe(max(row.latency_ms - row.upstream_ms, 0.0) / 1000.0)
             elif row.status < 400:
                 self.overhead.observe(row.latency_ms / 1000.0)

@@ -53,19 +53,15 @@ FROM (SELECT model, tools_sent, tools_called FROM ledger
 GROUP BY tool, l.model
 """
 _MAX_TOKENS = f"""
-WITH g AS (
-  SELECT tenant, model, COUNT(*) AS n, AVG(max_tokens) AS avg_max,
-         AVG(completion_tokens) AS avg_out, MAX(completion_tokens) AS max_out,
-         MAX(64, ((CAST(2 * AVG(completion_tokens) AS INTEGER) + 63) / 64) * 64) AS cap
-  FROM ledger WHERE {{where}} AND {_ANSWERED} AND max_tokens IS NOT NULL
-  GROUP BY tenant, model
-  HAVING n >= {MIN_CALLS} AND avg_max >= {MAX_TOKENS_RATIO} * MAX(avg_out, 1)
-)
-SELECT g.tenant, g.model, g.n, g.avg_max, g.avg_out, g.max_out, g.cap,
-       SUM(MAX(l.completion_tokens - g.cap, 0))
-FROM g JOIN ledger AS l ON l.tenant = g.tenant AND l.model = g.model
-WHERE {{where_l}} AND l.stage = 'upstream' AND l.status < 400 AND l.max_tokens IS NOT NULL
-GROUP BY g.tenant, g.model
+SELECT tenant, model, COUNT(*) AS n, AVG(max_tokens) AS avg_max,
+       AVG(completion_tokens) AS avg_out, MAX(completion_tokens), MAX(cap),
+       SUM(MAX(completion_tokens - cap, 0))
+FROM (SELECT tenant, model, max_tokens, completion_tokens,
+             MAX(64, ((CAST(2 * AVG(completion_tokens) OVER (PARTITION BY tenant, model)
+                            AS INTEGER) + 63) / 64) * 64) AS cap
+      FROM ledger WHERE {{where}} AND {_ANSWERED} AND max_tokens IS NOT NULL)
+GROUP BY tenant, model
+HAVING n >= {MIN_CALLS} AND avg_max >= {MAX_TOKENS_RATIO} * MAX(avg_out, 1)
 """
 
 
@@ -145,13 +141,11 @@ async def _unused_tools(db: aiosqlite.Connection, where: tuple[str, list[object]
                   saved * scale, {"tools": sorted(unused, key=lambda t: -t["tokens"])})]
 
 
-async def _max_tokens(db: aiosqlite.Connection, window: Window, prices: PriceTable,
-                      scale: float) -> list[dict[str, Any]]:
-    where, args = window.where()
-    where_l, args_l = window.where("l.")
+async def _max_tokens(db: aiosqlite.Connection, where: tuple[str, list[object]],
+                      prices: PriceTable, scale: float) -> list[dict[str, Any]]:
     found = []
     for tenant, model, n, avg_max, avg_out, max_out, cap, over in await fetch(
-            db, _MAX_TOKENS.format(where=where, where_l=where_l), args + args_l):
+            db, _MAX_TOKENS.format(where=where[0]), where[1]):
         saved = prices.cost(model, 0, over)
         found.append(_item(
             "lower_max_tokens", f"Lower max_tokens for {tenant} on {model}",
@@ -174,7 +168,7 @@ async def recommendations(db: aiosqlite.Connection, window: Window,
     items = [*await _repeated_prompts(db, where, scale),
              *await _strong_on_short(db, where, prices, scale),
              *await _unused_tools(db, where, prices, scale),
-             *await _max_tokens(db, window, prices, scale)]
+             *await _max_tokens(db, where, prices, scale)]
     items.sort(key=lambda item: -item["estimated_monthly_savings_usd"])
     return {**window.to_dict(), "observed_days": span_days, "recommendations": items,
             "total_estimated_monthly_savings_usd": round(

@@ -1,8 +1,11 @@
 """Spend statistics from the ledger, aggregated in sqlite.
 
-One grouped query for sums, one for the models that answered, one for latency
-percentiles (nearest rank, computed with window functions so no rows are loaded
-into Python). The same function serves `/v1/proxy/stats`, the dashboard and
+One scan sums the rows by (group, model); the totals and each model's share add up
+those sums in Python. Latency percentiles (nearest rank) come from window functions
+(one query for the totals, one for the groups), so no rows are loaded into Python.
+Every query reads only the columns of STATS_INDEX, a covering index the server
+creates at startup: a month-wide window is then an index range scan instead of one
+table lookup per row. The same function serves `/v1/proxy/stats`, the dashboard and
 `python -m proxy stats`.
 
 Conventions: hit rates are shares of all calls; latency percentiles cover
@@ -12,34 +15,45 @@ CHEAP_INPUT_USD_PER_M; days and hours are UTC.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiosqlite
 
-from proxy.observe.window import Window
+from proxy.observe.window import DAY, Window
 from proxy.pricing import PriceTable
 
-GROUPS = {
-    "day": "strftime('%Y-%m-%d', ts, 'unixepoch')",
-    "hour": "strftime('%Y-%m-%dT%H:00Z', ts, 'unixepoch')",
-    "key": "tenant",
-    "model": "model",
-    "stage": "stage",
+
+def _utc_bucket(seconds: float, fmt: str) -> Callable[[Any], str]:
+    return lambda bucket: time.strftime(fmt, time.gmtime(bucket * seconds))
+
+
+# group_by -> (SQL of the group, its name in the answer); days and hours are integer
+# buckets of unix seconds (cheaper to group than strftime), named in Python.
+GROUPS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "day": ("CAST(ts / 86400 AS INTEGER)", _utc_bucket(DAY, "%Y-%m-%d")),
+    "hour": ("CAST(ts / 3600 AS INTEGER)", _utc_bucket(3600, "%Y-%m-%dT%H:00Z")),
+    "key": ("tenant", str),
+    "model": ("model", str),
+    "stage": ("stage", str),
 }
 CHEAP_INPUT_USD_PER_M = 1.0
+STATS_INDEX = """
+CREATE INDEX IF NOT EXISTS ledger_stats ON ledger (ts, tenant, stage, status, model,
+    requested_model, latency_ms, prompt_tokens, completion_tokens, cost_usd, baseline_usd)
+"""
 _ALL = "'all'"
 
 _SUMS = """
-SELECT {g} AS grp, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd),
+SELECT {g} AS grp, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd),
        SUM(baseline_usd), SUM(stage = 'pattern'), SUM(stage = 'exact_cache'),
        SUM(stage = 'semantic_cache'), SUM(status >= 400), SUM(status = 429),
-       SUM(stage = 'upstream' AND status < 400 AND model != requested_model)
-FROM ledger WHERE {where} GROUP BY grp ORDER BY grp
-"""
-_MODELS = """
-SELECT {g} AS grp, model, COUNT(*), SUM(cost_usd), SUM(baseline_usd)
-FROM ledger WHERE {where} AND stage = 'upstream' AND status < 400 GROUP BY grp, model
+       SUM(stage = 'upstream' AND status < 400 AND model != requested_model),
+       SUM(stage = 'upstream' AND status < 400),
+       SUM(cost_usd * (stage = 'upstream' AND status < 400)),
+       SUM(baseline_usd * (stage = 'upstream' AND status < 400))
+FROM ledger WHERE {where} GROUP BY grp, model ORDER BY grp
 """
 _LATENCY = """
 SELECT grp, MAX(CASE WHEN rn = (n * 50 + 99) / 100 THEN latency_ms END),
@@ -75,10 +89,28 @@ def is_cheap(prices: PriceTable, model: str) -> bool:
     return prices.price(model).input < CHEAP_INPUT_USD_PER_M
 
 
-def _metrics(row: Sequence[Any], models: dict[str, list[Any]],
-             latency: tuple[float | None, float | None], prices: PriceTable) -> dict[str, Any]:
-    (_, calls, prompt, completion, cost, baseline, pattern, exact, semantic, errors,
-     limited, routed) = row
+class Tally:
+    """Running sums of one group's ledger rows, and of its answered calls per model."""
+
+    def __init__(self) -> None:
+        # calls, prompt, completion, cost, baseline, pattern, exact, semantic, errors,
+        # rate limited, routed: the columns of _SUMS after grp and model
+        self.sums: list[Any] = [0] * 11
+        self.models: dict[str, list[Any]] = {}  # model -> [answered calls, cost, baseline]
+
+    def add(self, model: str, sums: Sequence[Any], answered: Sequence[Any]) -> None:
+        """Add one (group, model) row of _SUMS: its sums and its answered calls' sums."""
+        self.sums = [total + value for total, value in zip(self.sums, sums, strict=True)]
+        if answered[0]:
+            mine = self.models.get(model, [0, 0.0, 0.0])
+            self.models[model] = [total + value for total, value in zip(mine, answered)]
+
+
+def _metrics(tally: Tally, latency: tuple[float | None, float | None],
+             prices: PriceTable) -> dict[str, Any]:
+    (calls, prompt, completion, cost, baseline, pattern, exact, semantic, errors,
+     limited, routed) = tally.sums
+    models = tally.models
     hits = {"pattern": pattern, "exact_cache": exact, "semantic_cache": semantic}
     answered = sum(m[0] for m in models.values())
     breakdown = {stage: {"calls": n, "cost_usd": 0.0} for stage, n in hits.items()}
@@ -91,11 +123,11 @@ def _metrics(row: Sequence[Any], models: dict[str, list[Any]],
     breakdown["other"] = {"calls": calls - sum(hits.values()) - answered, "cost_usd": 0.0}
     return {
         "calls": calls,
-        "prompt_tokens": prompt or 0,
-        "completion_tokens": completion or 0,
-        "cost_usd": cost or 0.0,
-        "baseline_usd": baseline or 0.0,
-        **savings(cost or 0.0, baseline or 0.0),
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "cost_usd": float(cost),
+        "baseline_usd": float(baseline),
+        **savings(float(cost), float(baseline)),
         "hits": {stage: {"calls": n, "rate": ratio(n, calls)} for stage, n in hits.items()},
         "hit_rate": ratio(sum(hits.values()), calls),
         "upstream_calls": answered,
@@ -110,35 +142,33 @@ def _metrics(row: Sequence[Any], models: dict[str, list[Any]],
     }
 
 
-async def _grouped(db: aiosqlite.Connection, window: Window, group: str,
-                   prices: PriceTable) -> list[tuple[str, dict[str, Any]]]:
-    where, args = window.where()
-    sums = await fetch(db, _SUMS.format(g=group, where=where), args)
-    models: dict[Any, dict[str, list[Any]]] = {}
-    for grp, model, n, cost, baseline in await fetch(
-            db, _MODELS.format(g=group, where=where), args):
-        models.setdefault(grp, {})[model] = [n, cost, baseline]
-    latency = {grp: (p50, p95) for grp, p50, p95 in
-               await fetch(db, _LATENCY.format(g=group, where=where), args)}
-    return [(str(row[0]), _metrics(row, models.get(row[0], {}),
-                                   latency.get(row[0], (None, None)), prices))
-            for row in sums]
-
-
-def empty_metrics() -> dict[str, Any]:
-    """The metrics of a window without calls."""
-    return _metrics(("all", 0, 0, 0, 0.0, 0.0, 0, 0, 0, 0, 0, 0), {}, (None, None),
-                    PriceTable())
+async def _latency(db: aiosqlite.Connection, group: str, where: str,
+                   args: Sequence[Any]) -> dict[Any, tuple[float | None, float | None]]:
+    return {grp: (p50, p95) for grp, p50, p95 in
+            await fetch(db, _LATENCY.format(g=group, where=where), args)}
 
 
 async def stats(db: aiosqlite.Connection, window: Window, prices: PriceTable,
                 group_by: str | None = None) -> dict[str, Any]:
-    """Totals for the window and, with `group_by` (a GROUPS key), one entry per group."""
-    totals = await _grouped(db, window, _ALL, prices)
+    """Totals for the window and, with `group_by` (a GROUPS key), one entry per group.
+
+    One scan sums by (group, model); the totals add up the groups' sums.
+    """
+    where, args = window.where()
+    group, name = GROUPS[group_by] if group_by is not None else (_ALL, str)
+    totals = Tally()
+    groups: dict[Any, Tally] = {}
+    for grp, model, *sums, answered, answered_cost, answered_baseline in await fetch(
+            db, _SUMS.format(g=group, where=where), args):
+        for tally in (totals, groups.setdefault(grp, Tally())):
+            tally.add(model, sums, (answered, answered_cost, answered_baseline))
+    latency = await _latency(db, _ALL, where, args)
     result: dict[str, Any] = {**window.to_dict(), "group_by": group_by,
-                              "totals": totals[0][1] if totals else empty_metrics()}
+                              "totals": _metrics(totals, latency.get("all", (None, None)),
+                                                 prices)}
     if group_by is not None:
-        result["groups"] = [{"group": name, **metrics}
-                            for name, metrics in await _grouped(db, window, GROUPS[group_by],
-                                                                prices)]
+        latency = await _latency(db, group, where, args)
+        result["groups"] = [{"group": name(grp), **_metrics(tally, latency.get(grp, (None, None)),
+                                                            prices)}
+                            for grp, tally in groups.items()]
     return result
