@@ -45,7 +45,7 @@ def _error_response(exc: ProxyError, request_id: str) -> web.Response:
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request an id, resolve its key, and turn every error into OpenAI JSON."""
-    rid = request.headers.get("x-request-id") or "req_" + secrets.token_hex(12)
+    rid = "req_" + secrets.token_hex(12)  # ours, never the client's: ledger ids stay unique
     request[REQUEST_ID] = rid
     try:
         if request.path not in PUBLIC_PATHS:

@@ -231,3 +231,22 @@ def test_ledger_rows_survive_a_clean_shutdown(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "proxy.db") as db:
         rows = db.execute("SELECT COUNT(*), SUM(prompt_tokens > 0) FROM ledger").fetchone()
     assert rows == (25, 25)
+
+
+def test_request_ids_are_the_proxys_own(live: LiveProxy) -> None:
+    raw = live.client().chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=USER, extra_headers={"x-request-id": "=HYPERLINK(1)"})
+    assert raw.headers["x-request-id"].startswith("req_")
+    assert live.ledger_rows()[0]["request_id"] == raw.headers["x-request-id"]
+
+
+def test_client_leaving_mid_stream_is_recorded_quietly(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    with LiveProxy(tmp_path, fake=FakeUpstream(tokens_per_second=20)) as live:
+        with live.client().chat.completions.create(model="gpt-4o", messages=USER,
+                                                   stream=True) as stream:
+            next(iter(stream))
+        live.run(asyncio.sleep(0.5))
+        rows = live.ledger_rows()
+    assert rows[0]["status"] == 499
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

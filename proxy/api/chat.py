@@ -63,8 +63,10 @@ async def _stream(request: web.Request, ctx: Context, reply: Reply) -> web.Strea
         async for chunk in chunks:
             await resp.write(chunk)
         await resp.write_eof()
-    except (ConnectionResetError, asyncio.CancelledError):
-        status = 499  # client went away; nothing is billed twice, the upstream is released
+    except ConnectionResetError:
+        status = 499  # client went away: the upstream is released, nothing more to send
+    except asyncio.CancelledError:
+        status = 499
         raise
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ import asyncio
 import fnmatch
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -28,6 +29,13 @@ log = logging.getLogger("proxy.upstream")
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 20.0
 _PASS_HEADERS = ("openai-processing-ms", "openai-version")
+# an upstream refusal also tells the client when to come back
+_PASS_ON_ERROR = ("retry-after", "retry-after-ms", "x-should-retry",
+                  "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                  "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
+                  "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+AUTH_STATUS = frozenset({401, 403})
 
 
 def retry_delay(attempt: int, base: float, retry_after: str | None) -> float:
@@ -97,6 +105,14 @@ class UpstreamClient:
                 failure = exc
                 continue
             reply.model = model
+            if reply.status in AUTH_STATUS:
+                # the upstream refused the proxy's own key: never hand its message (which
+                # may quote part of that key) to a client whose own key is fine
+                log.error("upstream %s refused the configured key (%d); check %s",
+                          upstream.name, reply.status, upstream.key_env or "its key_env")
+                raise UpstreamError(f"upstream {upstream.name!r} refused the proxy's "
+                                    "credentials; the proxy operator has been told",
+                                    code="upstream_auth_error")
             if reply.ok or reply.status not in RETRYABLE_STATUS:
                 return reply
             failure = reply
@@ -152,6 +168,8 @@ class UpstreamClient:
             raise _Retry(None, UpstreamError(
                 f"upstream {upstream.name!r} broke off its answer"), None) from None
         headers["Content-Type"] = resp.headers.get("Content-Type", "application/json")
+        if resp.status >= 400:
+            headers.update((h, resp.headers[h]) for h in _PASS_ON_ERROR if h in resp.headers)
         reply = Reply(status=resp.status, body=data, headers=headers)
         if resp.status in RETRYABLE_STATUS:
             raise _Retry(reply, None, resp.headers.get("Retry-After"))
@@ -167,12 +185,18 @@ class UpstreamClient:
         try:
             async for data in resp.content.iter_any():
                 buffer += data
+                if b"\r" in buffer:  # CRLF framing; a lone trailing CR waits for its LF
+                    buffer = buffer.replace(b"\r\n", b"\n")
                 cut = buffer.rfind(b"\n\n")
                 if cut < 0:
                     continue
                 ready, buffer = buffer[:cut + 2], buffer[cut + 2:]
-                if b'"usage":{' in ready or b"[DONE]" in ready:
+                if _USAGE.search(ready) or b"[DONE]" in ready:
                     ready = self._inspect(ready, reply, keep_usage)
+                if ready:
+                    yield ready
+            if buffer.strip():  # a last event without its blank line
+                ready = self._inspect(buffer + b"\n\n", reply, keep_usage)
                 if ready:
                     yield ready
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -192,7 +216,7 @@ class UpstreamClient:
             data = event_data(raw) or b""
             if data.strip() == b"[DONE]":
                 reply.completed = True
-            elif b'"usage":{' in data:
+            elif _USAGE.search(data):
                 chunk = orjson.loads(data)
                 reply.usage = Usage.from_openai(chunk.get("usage"))
                 if not keep_usage and not chunk.get("choices"):

@@ -128,7 +128,10 @@ class FakeUpstream:
                 return resp
             if delay and item is not DONE:
                 await asyncio.sleep(delay)
-            await resp.write(item)
+            try:
+                await resp.write(item)
+            except ConnectionResetError:  # the proxy let go (its client left): stop quietly
+                return resp
         await resp.write_eof()
         return resp
 
