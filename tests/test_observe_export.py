@@ -105,17 +105,16 @@ FORMULA_ID = "@SUM(1+1)*cmd|' /C calc'!A0"
 def test_csv_cells_a_client_controls_cannot_run_as_formulas(tmp_path: Path) -> None:
     with LiveProxy(tmp_path) as live:
         live.client().chat.completions.create(
-            model=FORMULA_MODEL, messages=[{"role": "user", "content": "hi"}],
-            extra_headers={"x-request-id": FORMULA_ID})
-        insert_entries(live, [sample_entry(ts=time.time(), status=500, error="+1-2\tboom")])
+            model=FORMULA_MODEL, messages=[{"role": "user", "content": "hi"}])
+        insert_entries(live, [sample_entry(ts=time.time(), status=500, error="+1-2\tboom",
+                                           request_id=FORMULA_ID)])
         sent_model = live.fake.received[0]["model"]
     out = tmp_path / "ledger.csv"
     assert _export(_config_file(tmp_path), out, "--format", "csv") == 0
     rows = list(csv.DictReader(out.open(newline="")))
     assert sent_model == FORMULA_MODEL
-    assert (rows[0]["request_id"], rows[0]["requested_model"]) == ("'" + FORMULA_ID,
-                                                                   "'" + FORMULA_MODEL)
-    assert rows[1]["error"] == "'+1-2\tboom"
+    assert rows[0]["requested_model"] == "'" + FORMULA_MODEL
+    assert (rows[1]["request_id"], rows[1]["error"]) == ("'" + FORMULA_ID, "'+1-2\tboom")
     assert float(rows[0]["cost_usd"]) > 0  # numbers stay numbers
 
 
