@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import astuple
@@ -78,3 +79,40 @@ async def test_rows_after_a_failed_insert_are_retried_without_duplicates(
     assert len(await ledger.rows()) == 45  # rows() flushes again: the retry
     await ledger.close()
     assert as_rows(await ledger.rows()) == expected(entries(45))
+
+
+class HeldInsert(FailingInsert):
+    """A connection whose `hold_at`-th INSERT waits until `release` is set."""
+
+    def __init__(self, db: aiosqlite.Connection, hold_at: int) -> None:
+        super().__init__(db, fail_at=0)
+        self.hold_at, self.release = hold_at, asyncio.Event()
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        if sql.startswith("INSERT") and self.inserts + 1 == self.hold_at:
+            self.inserts += 1
+
+            async def held() -> Any:
+                await self.release.wait()
+                return await self.db.execute(sql, params)
+            return held()
+        return super().execute(sql, params)
+
+
+async def test_rows_include_those_a_running_flush_is_still_writing(
+        db: aiosqlite.Connection) -> None:
+    ledger = Ledger(db)
+    await ledger.start()
+    held = HeldInsert(db, hold_at=2)
+    ledger.db = held  # type: ignore[assignment]
+    for entry in entries(75):
+        ledger.record(entry)
+    running = asyncio.create_task(ledger.flush())
+    while held.inserts < 2:  # the flush wrote its first statement and waits on the second
+        await asyncio.sleep(0.001)
+    reading = asyncio.create_task(ledger.rows())
+    await asyncio.sleep(0.05)
+    held.release.set()
+    assert len(await reading) == 75
+    await running
+    await ledger.close()

@@ -262,9 +262,9 @@ class ExactCache:
         rest = b""
         try:
             async for piece in chunks:
+                yield piece  # to the client first: assembling never delays a chunk
                 events, rest = split_events(rest + piece)
                 assembler.feed_events(events)
-                yield piece
         finally:  # also on GeneratorExit: the client went away, nothing is stored
             await chunks.aclose()  # type: ignore[attr-defined]
         self._store(ctx, reply, assembler.completion(), key, policy)
