@@ -149,6 +149,25 @@ async def _first_stage_after(live: LiveProxy, rowid: int) -> str:
     return str(row[0]) if row else "none"
 
 
+def _normal(text: str) -> str:
+    return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
+
+
+def wrong_cache_hits(events: list[dict[str, Any]], stages: list[str]) -> list[str]:
+    """Cache answers the data labels wrong: not a labelled repeat, and not an exact repeat
+    of an earlier context-free message (the data README's rule)."""
+    seen: set[str] = set()
+    wrong = []
+    for ev, stage in zip(events, stages):
+        text = _normal(ev["text"])
+        if stage in ("exact_cache", "semantic_cache") and ev["repeat_of"] is None \
+                and (ev["context_dependent"] or text not in seen):
+            wrong.append(ev["text"])
+        if not ev["context_dependent"]:
+            seen.add(text)
+    return wrong
+
+
 def summarize(events: list[dict[str, Any]], stages: list[str],
               rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     """Shares, costs and wrong answers of a replay."""
@@ -157,6 +176,7 @@ def summarize(events: list[dict[str, Any]], stages: list[str],
                      if st == "pattern" and ev["kind"] not in GREETING_KINDS]
     wrong_cache = [ev["text"] for ev, st in zip(events, stages)
                    if st in ("exact_cache", "semantic_cache") and ev["context_dependent"]]
+    unlabelled = wrong_cache_hits(events, stages)
     cost = sum(r["cost_usd"] for r in rows)
     baseline = sum(r["baseline_usd"] for r in rows)
     models = Counter(r["model"] for r in rows if r["stage"] == "upstream")
@@ -171,7 +191,11 @@ def summarize(events: list[dict[str, Any]], stages: list[str],
         "saved": f"{1 - cost / baseline:.1%}" if baseline else "n/a",
         "pattern_replies_to_non_greetings": len(wrong_pattern),
         "cache_hits_on_context_dependent": len(wrong_cache),
-        "examples_wrong": (wrong_pattern + wrong_cache)[:10],
+        "cache_hits_right": sum(1 for ev, st in zip(events, stages)
+                                if st in ("exact_cache", "semantic_cache")
+                                and ev["repeat_of"] is not None),
+        "cache_hits_wrong": len(unlabelled),
+        "examples_wrong": (wrong_pattern + wrong_cache + unlabelled)[:10],
     }
 
 

@@ -30,10 +30,24 @@ def _zone(timezone: str) -> ZoneInfo:
     return ZoneInfo(timezone)
 
 
+# (kind, timezone) -> (start timestamp, period) of the last period computed: every
+# request asks for the current one, and it only changes at a period boundary.
+_LAST: dict[tuple[str, str], tuple[float, Period]] = {}
+
+
 def current_period(kind: str, timezone: str, now: float) -> Period:
     """The period of `kind` (day|week|month|total) that contains `now` (a UTC timestamp)."""
     if kind == "total":
         return Period("total", None)
+    last = _LAST.get((kind, timezone))
+    if last is not None and last[0] <= now < (last[1].ends_at or 0.0):
+        return last[1]
+    start, period = _period_at(kind, timezone, now)
+    _LAST[(kind, timezone)] = (start, period)
+    return period
+
+
+def _period_at(kind: str, timezone: str, now: float) -> tuple[float, Period]:
     zone = _zone(timezone)
     local = dt.datetime.fromtimestamp(now, zone)
     day = local.date()
@@ -50,5 +64,6 @@ def current_period(kind: str, timezone: str, now: float) -> Period:
         name = f"month:{start.strftime('%Y-%m')}"
     else:
         raise ValueError(f"unknown budget period {kind!r}; expected day, week, month or total")
+    begins = dt.datetime.combine(start, dt.time(), zone).timestamp()
     midnight = dt.datetime.combine(end, dt.time(), zone)
-    return Period(name, midnight.timestamp())
+    return begins, Period(name, midnight.timestamp())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.store.cache_entries import CacheEntries, SizeLimits
+from proxy.store.cache_entries import RECOUNT_EVERY, CacheEntries, SizeLimits
 from proxy.store.kv import KVUsage, SqliteKV
 from proxy.store.sqlite import open_db
 
@@ -87,3 +87,39 @@ def test_size_limits(limits: SizeLimits, entries: int, size: int, over: bool,
                      low: tuple[int | None, int | None]) -> None:
     assert limits.exceeded_by(entries, size) is over
     assert limits.low_water() == low
+
+
+class CountingKV(SqliteKV):
+    """SqliteKV that counts its (namespace-scanning) usage queries."""
+
+    usage_queries = 0
+
+    async def usage(self, ns: str) -> KVUsage:
+        self.usage_queries += 1
+        return await super().usage(ns)
+
+
+async def test_writes_within_the_limits_do_not_scan_the_namespace_each_time(
+        kv: SqliteKV) -> None:
+    counting = CountingKV(kv.db)
+    entries = CacheEntries(counting, "exact")
+    for i in range(2 * RECOUNT_EVERY):
+        entries.put("alice", f"k{i}", b"x", ttl=None, limits=SizeLimits(max_entries=10_000))
+    await entries.drain()
+    assert counting.usage_queries == 2
+    await entries.aclose()
+
+
+async def test_entries_written_by_another_process_are_counted_at_the_next_recount(
+        kv: SqliteKV) -> None:
+    entries = CacheEntries(kv, "exact")
+    limits = SizeLimits(max_entries=150)
+    entries.put("alice", "first", b"x", ttl=None, limits=limits)
+    await entries.drain()
+    for i in range(200):  # another worker's writes, unseen by this process's tally
+        await kv.put("exact:alice", f"other{i}", b"x")
+    for i in range(RECOUNT_EVERY):
+        entries.put("alice", f"k{i}", b"x", ttl=None, limits=limits)
+    await entries.drain()
+    assert (await kv.usage("exact:alice")).entries == 135
+    await entries.aclose()

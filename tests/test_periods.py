@@ -33,3 +33,17 @@ def test_period_name_and_end(kind: str, timezone: str, now: str, name: str, ends
 def test_total_never_ends() -> None:
     period = current_period("total", "UTC", ts("2025-03-09T10:00+00:00"))
     assert (period.name, period.ends_at, period.seconds_left(0.0)) == ("total", None, None)
+
+
+@pytest.mark.parametrize("kind", ["day", "week", "month"])
+@pytest.mark.parametrize("timezone", ["UTC", "America/New_York"])
+def test_period_is_right_when_asked_back_and_forth_across_a_boundary(kind: str,
+                                                                     timezone: str) -> None:
+    boundary = current_period(kind, timezone, ts("2025-03-30T12:00+00:00")).ends_at
+    assert boundary is not None
+    names = [current_period(kind, timezone, boundary + offset).name
+             for offset in (-1.0, 0.0, -0.001, 3600.0, -7200.0)]
+    before = current_period(kind, timezone, boundary - 1).name
+    after = current_period(kind, timezone, boundary).name
+    assert before != after
+    assert names == [before, after, before, after, before]

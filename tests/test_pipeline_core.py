@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from proxy.auth import Tenant
@@ -72,3 +73,36 @@ def test_reload_keeps_last_good_pipeline(tmp_path: Path) -> None:
 def test_missing_rule_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         PipelineHolder(str(tmp_path / "none.toml"), None, terminal)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model":"m","messages":[]}',
+    b'{"model": "m", "messages": []}\n',
+    b'{\n  "model": "m",\n  "messages": []\n}\r\n ',
+    b'{"model":"m","messages":[{"role":"user","content":"a } b"}]}',
+])
+def test_added_field_is_appended_to_the_client_bytes(raw: bytes) -> None:
+    body = orjson.loads(raw)
+    c = Context("r", TENANT, body, raw=raw)
+    c.add_field("stream_options", {"include_usage": True})
+    sent = c.encoded_body()
+    assert sent.startswith(raw.rstrip()[:-1].rstrip())  # the client's bytes, not re-encoded
+    assert orjson.loads(sent) == {**orjson.loads(raw), "stream_options": {"include_usage": True}}
+    assert c.body["stream_options"] == {"include_usage": True}
+
+
+def test_added_field_goes_into_an_empty_object() -> None:
+    c = Context("r", TENANT, {}, raw=b"{ }")
+    c.add_field("k", [1, "x"])
+    assert c.encoded_body() == b'{"k":[1,"x"]}'
+
+
+@pytest.mark.parametrize(("body", "raw"), [
+    ({"model": "m", "stream_options": None}, b'{"model":"m","stream_options":null}'),
+    ({"model": "m"}, None),
+])
+def test_added_field_re_encodes_when_the_bytes_cannot_be_kept(body: dict[str, Any],
+                                                               raw: bytes | None) -> None:
+    c = Context("r", TENANT, body, raw=raw)
+    c.add_field("stream_options", {"include_usage": True})
+    assert c.encoded_body() == orjson.dumps({**body, "stream_options": {"include_usage": True}})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -125,28 +126,40 @@ class Metrics:
         self.output.register(self.budget)
 
     def observe(self, rows: Sequence[LedgerEntry]) -> None:
-        """Count a batch of ledger rows (a ledger observer)."""
+        """Count a batch of ledger rows (a ledger observer).
+
+        Counter increments are summed per label set first, so a batch of rows costs one
+        `labels().inc()` per series rather than several per row.
+        """
+        counts: dict[tuple[Counter, tuple[str, ...]], float] = defaultdict(float)
+        latencies: dict[str, list[float]] = defaultdict(list)
         for row in rows:
             model = self.model_label(row.model)
-            self.requests.labels(row.stage, model, str(row.status)).inc()
+            counts[(self.requests, (row.stage, model, str(row.status)))] += 1
             if row.cost_usd:
-                self.cost.labels(row.tenant, model).inc(row.cost_usd)
+                counts[(self.cost, (row.tenant, model))] += row.cost_usd
             if row.baseline_usd:
-                self.baseline.labels(row.tenant).inc(row.baseline_usd)
+                counts[(self.baseline, (row.tenant,))] += row.baseline_usd
             if row.prompt_tokens or row.completion_tokens:
-                self.tokens.labels("prompt", model).inc(row.prompt_tokens)
-                self.tokens.labels("completion", model).inc(row.completion_tokens)
+                counts[(self.tokens, ("prompt", model))] += row.prompt_tokens
+                counts[(self.tokens, ("completion", model))] += row.completion_tokens
             if row.stage in CACHE_STAGES:
-                self.cache_hits.labels(row.stage).inc()
+                counts[(self.cache_hits, (row.stage,))] += 1
             if row.status == 429:
-                self.rate_limited.labels(row.tenant).inc()
+                counts[(self.rate_limited, (row.tenant,))] += 1
             if row.upstream_ms is not None:
-                self.upstream_latency.labels(model).observe(row.upstream_ms / 1000.0)
+                latencies[model].append(row.upstream_ms / 1000.0)
                 self.overhead.observe(max(row.latency_ms - row.upstream_ms, 0.0) / 1000.0)
             elif row.status < 400:
                 self.overhead.observe(row.latency_ms / 1000.0)
             if "tokens_saved" in row.trace:
                 self._tokens_saved(row.trace)
+        for (metric, labels), amount in counts.items():
+            metric.labels(*labels).inc(amount)
+        for model, seconds in latencies.items():
+            histogram = self.upstream_latency.labels(model)
+            for value in seconds:
+                histogram.observe(value)
 
     def _tokens_saved(self, trace: str) -> None:
         try:

@@ -11,7 +11,6 @@ released when the request failed or the client left before usage was known.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -31,7 +30,6 @@ from proxy.store.limits import Ask, LimitStore, Verdict, to_nanos, to_usd
 from proxy.tenancy import alerts_of, limits_of
 
 log = logging.getLogger("proxy.budget")
-OFF_LOOP_BYTES = 32_768  # bodies larger than this are tokenized in a worker thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +103,8 @@ class Budget:
         self.alerts, self.daily_usd = alerts, daily_usd
 
     async def _ask(self, ctx: Context, key: KeyConfig) -> Ask:
-        if len(ctx.encoded_body()) > OFF_LOOP_BYTES:
-            prompt = await asyncio.to_thread(tokens.count_request, ctx.body)
-        else:
-            prompt = tokens.count_request(ctx.body)
+        # memoized per message (trim counted the same messages already); big ones off-loop
+        prompt = await tokens.count_request_async(ctx.body)
         completion = completion_tokens_asked(ctx.body, self.rules.completion_estimate)
         return key_ask(key, prompt + completion, self.prices.cost(ctx.model, prompt, completion),
                        self.timezone, self.rules.reservation_seconds)

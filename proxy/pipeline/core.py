@@ -103,6 +103,24 @@ class Context:
             self.body["model"] = model
             self.changed()
 
+    def add_field(self, key: str, value: Any) -> None:
+        """Set a top-level body field the body does not have yet.
+
+        While the client's bytes are still forwarded as they came, the field is
+        appended to them instead of re-encoding the whole body (a long history costs
+        a copy, not a serialization); otherwise it is like editing `body` + `changed()`.
+        """
+        had_key = key in self.body
+        self.body[key] = value
+        raw = self.raw
+        end = len(raw.rstrip(b" \t\r\n")) if raw is not None else 0
+        if had_key or raw is None or raw[end - 1:end] != b"}":
+            self.changed()
+            return
+        head = raw[:end - 1].rstrip(b" \t\r\n")
+        member = orjson.dumps(key) + b":" + orjson.dumps(value)
+        self.raw = head + (b"" if head.endswith(b"{") else b",") + member + b"}"
+
     def changed(self) -> None:
         """Mark the body as edited: it is re-serialized before forwarding."""
         self.raw = None

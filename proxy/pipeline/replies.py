@@ -179,6 +179,9 @@ async def tap_stream(chunks: Chunks, reply: Reply,
     rest = b""
     try:
         async for piece in chunks:
+            last = b"[DONE]" in piece
+            if not last:
+                yield piece  # to the client first: assembling never delays a chunk
             if assembler is not None and not assembler.done:
                 try:
                     events, rest = split_events(rest + piece)
@@ -189,7 +192,8 @@ async def tap_stream(chunks: Chunks, reply: Reply,
                 if assembler is not None and assembler.done and reply.completed \
                         and not reply.error:
                     await on_done(assembler.completion())
-            yield piece
+            if last:
+                yield piece
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
 

@@ -25,6 +25,9 @@ from proxy.store.kv import KVStore, StoreError
 log = logging.getLogger("proxy.cache")
 
 Job = Callable[[], Awaitable[Any]]
+# Writes between two real counts of a namespace's usage (a scan of the namespace):
+# in between, the count is the last real one plus what this process wrote since.
+RECOUNT_EVERY = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,20 @@ class SizeLimits:
                 None if self.max_bytes is None else self.max_bytes - self.max_bytes // 10)
 
 
+@dataclass(slots=True)
+class _Tally:
+    """A namespace's usage as last counted, plus this process's writes since then.
+
+    It never undercounts this process's own writes (a replaced entry counts twice), so
+    a write that takes the namespace over its limits is always followed by a real
+    count; other processes' writes are seen at the next recount.
+    """
+
+    entries: int
+    bytes: int
+    writes: int = 0
+
+
 class CacheEntries:
     """One cache kind's entries, namespaced per tenant, with write-behind and LRU bounds."""
 
@@ -56,6 +73,7 @@ class CacheEntries:
             max_queue)
         self._pending: dict[tuple[str, str], tuple[int, bytes | None]] = {}
         self._seq = itertools.count()
+        self._tallies: dict[str, _Tally] = {}
         self._worker: asyncio.Task[None] | None = None
         self.dropped = 0
 
@@ -77,10 +95,20 @@ class CacheEntries:
 
         async def write() -> None:
             await self.kv.put(ns, key, value, ttl)
+            tally = self._tallies.get(ns)
+            if tally is not None:
+                tally.entries, tally.bytes = tally.entries + 1, tally.bytes + len(value)
+                tally.writes += 1
+                if (tally.writes < RECOUNT_EVERY
+                        and not limits.exceeded_by(tally.entries, tally.bytes)):
+                    return
             used = await self.kv.usage(ns)
             if limits.exceeded_by(used.entries, used.bytes):
+                self._tallies.pop(ns, None)
                 evicted = await self.kv.evict(ns, *limits.low_water())
                 log.info("cache %s: evicted %d least recently used entries", ns, evicted)
+            else:
+                self._tallies[ns] = _Tally(used.entries, used.bytes)
 
         return self._enqueue(write, (namespace, key), value)
 
@@ -100,6 +128,7 @@ class CacheEntries:
             del self._pending[slot]
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         ns = self.ns(namespace)
+        self._tallies.pop(ns, None)
         await self._queue.put((lambda: self.kv.purge(ns), future))
         self._start()
         return await future

@@ -134,12 +134,12 @@ class SqliteKV:
     @_translated
     async def get(self, ns: str, key: str) -> bytes | None:
         """The value, or None when absent or expired."""
-        async with self.db.execute(
+        # one round trip to the database thread (a cursor would take three: open, fetch, close)
+        rows = list(await self.db.execute_fetchall(
             "SELECT value FROM kv WHERE ns = ? AND key = ? AND (expires IS NULL OR expires > ?)",
             (ns, key, time.time()),
-        ) as cur:
-            row = await cur.fetchone()
-        return bytes(row[0]) if row else None
+        ))
+        return bytes(rows[0][0]) if rows else None
 
     @_translated
     async def put(self, ns: str, key: str, value: bytes, ttl: float | None = None) -> None:
@@ -183,10 +183,8 @@ class SqliteKV:
     @_translated
     async def usage(self, ns: str) -> KVUsage:
         """Entries and value bytes the namespace holds."""
-        async with self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM kv "
-                                   "WHERE ns = ?", (ns,)) as cur:
-            row = await cur.fetchone()
-        assert row is not None
+        (row,) = await self.db.execute_fetchall("SELECT COUNT(*), COALESCE(SUM(size), 0) "
+                                                "FROM kv WHERE ns = ?", (ns,))
         return KVUsage(int(row[0]), int(row[1]))
 
     @_translated

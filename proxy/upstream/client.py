@@ -63,6 +63,16 @@ class UpstreamClient:
         self.session = session
         self._routes: dict[str, UpstreamConfig] = {}
         self._headers = {u.name: self._auth_headers(u) for u in config.upstreams}
+        self._timeouts = {(u.name, stream): self._timeout(u, stream)
+                          for u in config.upstreams for stream in (False, True)}
+
+    @staticmethod
+    def _timeout(upstream: UpstreamConfig, stream: bool) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            total=None if stream else upstream.total_timeout,
+            connect=upstream.connect_timeout,
+            sock_read=upstream.first_byte_timeout,
+        )
 
     @staticmethod
     def _auth_headers(upstream: UpstreamConfig) -> dict[str, str]:
@@ -138,15 +148,10 @@ class UpstreamClient:
                 await asyncio.sleep(delay)
 
     async def _attempt(self, upstream: UpstreamConfig, body: bytes, ctx: Context) -> Reply:
-        timeout = aiohttp.ClientTimeout(
-            total=None if ctx.stream else upstream.total_timeout,
-            connect=upstream.connect_timeout,
-            sock_read=upstream.first_byte_timeout,
-        )
         url = upstream.base_url + "/chat/completions"
         try:
             resp = await self.session.post(url, data=body, headers=self._headers[upstream.name],
-                                           timeout=timeout)
+                                           timeout=self._timeouts[(upstream.name, ctx.stream)])
         except asyncio.TimeoutError:
             raise _Retry(None, UpstreamError(
                 f"upstream {upstream.name!r} did not answer within "

@@ -30,9 +30,12 @@ class UpstreamTerminal:
             return Reply(status=200, body=b"{}", stage=self.name, model=ctx.model)
         if ctx.stream and not ctx.client_wants_usage:
             # ask for usage so the ledger is exact; the client never sees that chunk
-            ctx.body["stream_options"] = {**(ctx.body.get("stream_options") or {}),
-                                          "include_usage": True}
-            ctx.changed()
+            if "stream_options" in ctx.body:
+                ctx.body["stream_options"] = {**(ctx.body.get("stream_options") or {}),
+                                              "include_usage": True}
+                ctx.changed()
+            else:
+                ctx.add_field("stream_options", {"include_usage": True})
         started = time.perf_counter()
         try:
             reply = await self.client.send(ctx)
