@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import secrets
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -30,6 +31,7 @@ from proxy.upstream.fake import FakeUpstream
 T = TypeVar("T")
 S = TypeVar("S", bound="BackgroundServers")
 KEYS = {"alice": "sk-test-alice", "bob": "sk-test-bob"}
+REDIS_URL = "redis://127.0.0.1:6379/0"
 ADMIN_KEY = "sk-test-admin"
 
 
@@ -233,3 +235,21 @@ def admin_get(live: LiveProxy, path: str, key: str = "admin") -> tuple[int, Any]
     except urllib.error.HTTPError as err:
         status, body, kind = err.code, err.read(), err.headers.get_content_type()
     return status, orjson.loads(body) if kind == "application/json" else body.decode()
+
+
+def redis_test_prefix() -> str:
+    """A fresh key prefix for a test on the machine's shared redis-server."""
+    return f"test-{secrets.token_hex(6)}:"
+
+
+def drop_redis_prefix(prefix: str, url: str = REDIS_URL) -> None:
+    """Delete every key under `prefix` (never FLUSHDB: other tests share the server)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 import redis
 
 from proxy.config import hash_key
-from proxy.testing import ADMIN_KEY
+from proxy.testing import ADMIN_KEY, drop_redis_prefix, redis_test_prefix
 from proxy.upstream.fake import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,13 +37,9 @@ def free_port() -> int:
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A random key prefix on the machine's Redis; its keys are deleted afterwards."""
-    prefix = "test-limits-" + secrets.token_hex(6) + ":"
+    prefix = redis_test_prefix()
     yield prefix
-    client = redis.Redis(host="127.0.0.1", port=6379)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    drop_redis_prefix(prefix)
 
 
 class OwnRedis:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-import redis
 
 from proxy.pipeline.exact_cache import exact_entries
 from proxy.testing import LiveProxy
@@ -35,17 +33,6 @@ def rules(**fields: Any) -> str:
 def live(tmp_path: Path) -> Iterator[LiveProxy]:
     with LiveProxy(tmp_path, rules=rules()) as proxy:
         yield proxy
-
-
-@pytest.fixture
-def redis_config() -> Iterator[dict[str, Any]]:
-    """Storage on the shared redis-server under a random prefix, removed afterwards."""
-    prefix = f"test-exact-{secrets.token_hex(6)}:"
-    yield {"storage": {"backend": "redis", "redis_url": REDIS_URL, "redis_prefix": prefix}}
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(match=prefix + "*"):
-        client.delete(key)
-    client.close()
 
 
 def ask(live: LiveProxy, key: str = "alice", stream: bool = False,
@@ -110,7 +97,8 @@ def test_async_client_gets_hit_for_repeat(live: LiveProxy) -> None:
         for _ in range(2):
             raw = await client.chat.completions.with_raw_response.create(model="gpt-4o",
                                                                          messages=ASK)
-            texts.append(raw.headers["x-proxy-cache"] + ":" + raw.parse().choices[0].message.content)
+            text = raw.parse().choices[0].message.content
+            texts.append(raw.headers["x-proxy-cache"] + ":" + text)
         await client.close()
         return texts
 
@@ -122,7 +110,8 @@ def test_async_client_gets_hit_for_repeat(live: LiveProxy) -> None:
 
 @pytest.mark.parametrize("changed", [
     {"temperature": 0.2}, {"top_p": 0.5}, {"seed": 7}, {"max_tokens": 5}, {"stop": ["."]},
-    {"presence_penalty": 0.5}, {"frequency_penalty": 0.5}, {"response_format": {"type": "json_object"}},
+    {"presence_penalty": 0.5}, {"frequency_penalty": 0.5},
+    {"response_format": {"type": "json_object"}},
     {"tools": [WEATHER_TOOL]}, {"model": "gpt-4o-mini"},
     {"messages": [{"role": "user", "content": "What is a good evening routine?"}]},
 ])
@@ -266,8 +255,8 @@ def test_stream_the_client_aborts_is_not_stored(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_entries_survive_a_restart(tmp_path: Path, backend: str,
-                                   redis_config: dict[str, Any]) -> None:
-    config = redis_config if backend == "redis" else None
+                                   redis_storage: dict[str, Any]) -> None:
+    config = redis_storage if backend == "redis" else None
     with LiveProxy(tmp_path, rules=rules(), config=config) as live:
         first = ask(live, stream=True)
     with LiveProxy(tmp_path, rules=rules(), config=config) as live:
@@ -277,8 +266,8 @@ def test_entries_survive_a_restart(tmp_path: Path, backend: str,
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_least_recently_used_entry_is_evicted_at_max_entries(
-        tmp_path: Path, backend: str, redis_config: dict[str, Any]) -> None:
-    config = redis_config if backend == "redis" else None
+        tmp_path: Path, backend: str, redis_storage: dict[str, Any]) -> None:
+    config = redis_storage if backend == "redis" else None
     with LiveProxy(tmp_path, rules=rules(max_entries=2), config=config) as live:
         for question in ("q1", "q2", "q1", "q3"):  # q1 used again: q2 is the oldest
             ask(live, messages=[{"role": "user", "content": question}])

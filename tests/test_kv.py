@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import redis.asyncio
 from proxy.store.kv import KVStore, KVUsage, SqliteKV, StoreError
 from proxy.store.redis_kv import RedisKV
 from proxy.store.sqlite import open_db
+from proxy.testing import drop_redis_prefix, redis_test_prefix
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -28,11 +28,10 @@ async def kv(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KV
         await db.close()
         return
     client = redis.asyncio.from_url(REDIS_URL)
-    prefix = f"test-{secrets.token_hex(6)}:"
+    prefix = redis_test_prefix()
     yield RedisKV(client, prefix)
-    async for key in client.scan_iter(match=prefix + "*"):
-        await client.delete(key)
     await client.aclose()
+    drop_redis_prefix(prefix)
 
 
 async def keys_of(kv: KVStore, ns: str) -> list[str]:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Iterator
 
 import openai
 import pytest
-import redis
 from limits_support import (
     LIMITS_RULES,
     FakeServer,
@@ -23,6 +21,7 @@ from limits_support import (
 )
 
 from proxy.store.limits import to_usd
+from proxy.testing import drop_redis_prefix, redis_test_prefix
 from proxy.upstream.fake import FakeUpstream
 
 COST = exact_cost_nanos()
@@ -41,7 +40,7 @@ def fake() -> Iterator[FakeServer]:
 def proxies(tmp_path_factory: pytest.TempPathFactory, fake: FakeServer
             ) -> Iterator[list[ProxyProcess]]:
     tmp = tmp_path_factory.mktemp("procs")
-    prefix = "test-limits-" + secrets.token_hex(6) + ":"
+    prefix = redis_test_prefix()
     config = write_config(tmp / "config.toml", fake.url, KEYS,
                           f'backend = "redis"\nredis_prefix = "{prefix}"\n'
                           f'sqlite_path = "{tmp / "proxy.db"}"')
@@ -51,11 +50,7 @@ def proxies(tmp_path_factory: pytest.TempPathFactory, fake: FakeServer
     yield procs
     for proc in procs:
         proc.stop()
-    client = redis.Redis()
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    drop_redis_prefix(prefix)
 
 
 async def across(procs: list[ProxyProcess], secret: str, n: int) -> list[object]:

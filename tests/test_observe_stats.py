@@ -176,7 +176,8 @@ def test_live_requests_add_up_to_their_billed_usage(live: LiveProxy) -> None:
     t = admin_get(live, "/v1/proxy/stats", key="alice")[1]["totals"]
     assert t["calls"] == 3 and t["upstream_calls"] == 3
     assert t["cost_usd"] == pytest.approx(expected)
-    assert t["prompt_tokens"] == sum(u.prompt_tokens for u in usages) + chunks[-1].usage.prompt_tokens
+    streamed = chunks[-1].usage.prompt_tokens
+    assert t["prompt_tokens"] == sum(u.prompt_tokens for u in usages) + streamed
     assert t["models"]["gpt-4o"]["calls"] == 2 and t["models"]["gpt-4o-mini"]["calls"] == 1
 
 

@@ -44,7 +44,8 @@ def test_pair_conflict_names_the_difference(a: str, b: str, reason: str | None) 
 @pytest.mark.parametrize(("a", "b", "gap"), [
     ("who painted the mona lisa", "who painted the night watch",
      ({"lisa", "mona"}, {"watch"})),
-    ("how do I clean a cast iron pan", "how do I clean a cast iron skillet", ({"pan"}, {"skillet"})),
+    ("how do I clean a cast iron pan", "how do I clean a cast iron skillet",
+     ({"pan"}, {"skillet"})),
     ("tips for learning guitar", "tips for learning guitar as an adult", (set(), set())),
     ("how do I fix a leaking tap", "how do i fix a leakng tap", (set(), set())),
 ])

@@ -77,7 +77,8 @@ def test_another_keys_identical_question_is_a_miss(semantic: LiveProxy) -> None:
 
 
 def test_context_dependent_follow_up_is_never_served(semantic: LiveProxy) -> None:
-    history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "About 20 g."}]
+    history = [{"role": "user", "content": QUESTION},
+               {"role": "assistant", "content": "About 20 g."}]
     ask(semantic, "and what about a whole tub?", history=history)
     reply = ask(semantic, "and what about a whole tub?", key="alice", history=history)
     assert reply.headers["x-proxy-stage"] == "upstream"

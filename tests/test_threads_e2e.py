@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import redis
 from openai import AssistantEventHandler, AsyncAssistantEventHandler
 
 from proxy.testing import LiveProxy
@@ -29,16 +27,8 @@ def live(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveProxy]:
         with LiveProxy(tmp_path) as proxy:
             yield proxy
         return
-    prefix = f"test-threads-{secrets.token_hex(6)}:"
-    config = {"storage": {"backend": "redis", "redis_url": "redis://127.0.0.1:6379/0",
-                          "redis_prefix": prefix}}
-    with LiveProxy(tmp_path, config=config) as proxy:
+    with LiveProxy(tmp_path, config=request.getfixturevalue("redis_storage")) as proxy:
         yield proxy
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-    keys = list(client.scan_iter(match=f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def _setup(client: Any, *texts: str, tools: list[Any] | None = None) -> tuple[Any, Any]:

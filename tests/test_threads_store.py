@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from proxy.store.sqlite import open_db
 from proxy.store.threads_redis import RedisThreadStore
 from proxy.store.threads_sqlite import SqliteThreadStore
 from proxy.store.threads_store import PageQuery, ThreadStore
+from proxy.testing import drop_redis_prefix, redis_test_prefix
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -27,12 +27,10 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await db.close()
         return
     client = redis.asyncio.from_url("redis://127.0.0.1:6379/0")
-    prefix = f"test-{secrets.token_hex(6)}:"
+    prefix = redis_test_prefix()
     yield RedisThreadStore(client, prefix)
-    keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await client.delete(*keys)
     await client.aclose()
+    drop_redis_prefix(prefix)
 
 
 async def _thread_with_messages(store: ThreadStore, owner: str, count: int) -> list[str]:

@@ -28,7 +28,8 @@ def test_long_thread_is_summarized_and_the_summary_outlives_the_cache(live: Live
     client = live.client()
     assistant = client.beta.assistants.create(model="gpt-4o", instructions="Be a coach.")
     thread = client.beta.threads.create(messages=[
-        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}: " + "tell me more about sleep and habits " * 8}
+        {"role": "user" if i % 2 == 0 else "assistant",
+         "content": f"turn {i}: " + "tell me more about sleep and habits " * 8}
         for i in range(7)])
     run = client.beta.threads.runs.create_and_poll(thread_id=thread.id,
                                                    assistant_id=assistant.id)

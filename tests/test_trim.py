@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import secrets
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from proxy import tokens
 from proxy.auth import Tenant
@@ -76,17 +74,6 @@ def tool_pairs_intact(messages: list[dict[str, Any]]) -> bool:
         if message["role"] == "tool" and message["tool_call_id"] not in called:
             return False
     return True
-
-
-@pytest.fixture
-def redis_storage() -> Iterator[dict[str, Any]]:
-    """Storage on the shared redis-server under a random prefix, removed afterwards."""
-    url, prefix = "redis://127.0.0.1:6379/0", f"test-trim-{secrets.token_hex(6)}:"
-    yield {"storage": {"backend": "redis", "redis_url": url, "redis_prefix": prefix}}
-    client = redis.Redis.from_url(url)
-    for key in client.scan_iter(match=prefix + "*"):
-        client.delete(key)
-    client.close()
 
 
 @pytest.fixture
