@@ -49,6 +49,7 @@ def setup_logging(request_lines: bool = True) -> None:
 
     logging.basicConfig(level=os.environ.get("PROXY_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # chatty about CPU features
     if request_lines:
         configure()
 
