@@ -4,15 +4,23 @@ Drives the limit store the way the admission and budget stages do for one reques
 `admit` (rpm + concurrency) and `reserve` (tpm + budget) before upstream is the
 check that delays every request; `settle` + `finish` run after the answer. N
 concurrent workers share one key (the worst case: one hot key). Also measures
-the two stages end to end over a no-op upstream (token counting included).
+the two stages end to end (token counting included).
 
-    python bench/limits.py --requests 5000 --concurrency 1 64
+Each concurrency runs twice: with an upstream that answers at once (a closed loop
+that saturates the process and Redis: the latency is then queueing, c / throughput)
+and with an upstream that takes `--upstream-ms` on average (100 ms, uniformly 50-150 ms,
+still faster than any LLM; the spread keeps the workers from moving in lockstep),
+which is what 64 concurrent requests of a real proxy look like (at c=1 the upstream
+time changes nothing, so that run is skipped).
+
+    python bench/limits.py --requests 5000 --concurrency 1 64 --upstream-ms 0 100
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import secrets
 import statistics
 import sys
@@ -31,6 +39,7 @@ from proxy.pricing import PriceTable
 from proxy.store.limits import Ask, Limits, LimitStore
 from proxy.store.limits_local import LocalLimits
 from proxy.store.limits_redis import RedisLimits, limits_client
+from proxy.store.redis_mux import RedisMux
 from proxy.store.spend import SqliteSpend
 from proxy.store.sqlite import open_db
 
@@ -48,11 +57,13 @@ def percentiles(samples: list[float]) -> str:
     return f"p50 {p50 * 1000:7.3f} ms   p99 {p99 * 1000:7.3f} ms"
 
 
-async def drive(n: int, concurrency: int, one: object) -> list[float]:
+async def drive(n: int, concurrency: int, one: object, stagger_s: float = 0.0) -> list[float]:
+    """`n` calls of `one` from `concurrency` workers, each starting within `stagger_s`."""
     samples: list[float] = []
     remaining = iter(range(n))
 
     async def worker() -> None:
+        await asyncio.sleep(random.uniform(0, stagger_s))
         for _ in remaining:
             samples.append(await one())  # type: ignore[operator]
 
@@ -60,7 +71,8 @@ async def drive(n: int, concurrency: int, one: object) -> list[float]:
     return samples
 
 
-async def bench_store(store: LimitStore, n: int, concurrency: int) -> dict[str, list[float]]:
+async def bench_store(store: LimitStore, n: int, concurrency: int,
+                      upstream_s: float) -> dict[str, list[float]]:
     month = current_period("month", "UTC", time.time())
     day = current_period("day", "UTC", time.time())
     ask = Ask(tokens=100, cost=1000, tpm=LIMITS.tpm, budget=10**15, period=month,
@@ -74,23 +86,30 @@ async def bench_store(store: LimitStore, n: int, concurrency: int) -> dict[str, 
         t1 = time.perf_counter()
         await store.reserve("bench", token, ask)
         t2 = time.perf_counter()
+        if upstream_s:
+            await asyncio.sleep(random.uniform(0.5, 1.5) * upstream_s)
+        t2b = time.perf_counter()
         await store.settle("bench", token, 90, 900, month, day)
         t3 = time.perf_counter()
         await store.finish("bench", token)
         t4 = time.perf_counter()
-        for name, took in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        for name, took in zip(parts, (t1 - t0, t2 - t1, t3 - t2b, t4 - t3)):
             parts[name].append(took)
         return t2 - t0
 
-    await drive(min(n, 500), concurrency, one)  # warm-up
+    await drive(min(n, 500), concurrency, one, upstream_s)  # warm-up
     for samples in parts.values():
         samples.clear()
-    before = await drive(n, concurrency, one)
+    before = await drive(n, concurrency, one, upstream_s)
     return {**parts, "admit+reserve (before upstream)": before}
 
 
-async def bench_stages(store: LimitStore, n: int, concurrency: int) -> dict[str, list[float]]:
+async def bench_stages(store: LimitStore, n: int, concurrency: int,
+                       upstream_s: float) -> dict[str, list[float]]:
     async def upstream(ctx: Context) -> Reply:
+        ctx.scratch["upstream_s"] = random.uniform(0.5, 1.5) * upstream_s
+        if upstream_s:
+            await asyncio.sleep(ctx.scratch["upstream_s"])
         return Reply(body=b"{}", usage=Usage(12, 64), model=ctx.model)
 
     with_limits = Pipeline([admission.Admission(admission.Rules(), store),
@@ -104,10 +123,10 @@ async def bench_stages(store: LimitStore, n: int, concurrency: int) -> dict[str,
             ctx = Context(request_id="b", tenant=tenant, body=dict(BODY))
             start = time.perf_counter()
             await pipeline(ctx)
-            return time.perf_counter() - start
+            return time.perf_counter() - start - ctx.scratch["upstream_s"]
 
-        await drive(min(n, 500), concurrency, one)
-        results[f"pipeline, {label}"] = await drive(n, concurrency, one)
+        await drive(min(n, 500), concurrency, one, upstream_s)
+        results[f"pipeline - upstream, {label}"] = await drive(n, concurrency, one, upstream_s)
     return results
 
 
@@ -115,6 +134,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=5_000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--upstream-ms", type=float, nargs="+", default=[0.0, 100.0])
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,19 +142,26 @@ async def main() -> None:
         local = LocalLimits(SqliteSpend(db))
         await local.start()
         client = limits_client(args.redis_url, 1.0)
-        shared = RedisLimits(client, "bench-" + secrets.token_hex(4))
+        shared = RedisLimits(RedisMux(args.redis_url, 1.0), "bench-" + secrets.token_hex(4))
         await shared.start()
         print(f"{args.requests} requests per run, one hot key")
         for concurrency in args.concurrency:
-            for name, store in (("in-process + sqlite", local), ("redis", shared)):
-                runs = {**await bench_store(store, args.requests, concurrency),
-                        **await bench_stages(store, args.requests, concurrency)}
-                for label, samples in runs.items():
-                    print(f"  c={concurrency:<3d} {name:20s} {label:30s} {percentiles(samples)}")
+            for upstream_ms in args.upstream_ms if concurrency > 1 else [0.0]:
+                scenario = f"c={concurrency} upstream {upstream_ms:g} ms"
+                for name, store in (("in-process + sqlite", local), ("redis", shared)):
+                    wait, started = upstream_ms / 1000, time.perf_counter()
+                    runs = {**await bench_store(store, args.requests, concurrency, wait),
+                            **await bench_stages(store, args.requests, concurrency, wait)}
+                    done = 2 * (args.requests + min(args.requests, 500))  # warm-ups included
+                    rate = done / (time.perf_counter() - started)
+                    print(f"{scenario}, {name} ({rate:,.0f} requests/s)")
+                    for label, samples in runs.items():
+                        print(f"    {label:40s} {percentiles(samples)}")
         keys = [k async for k in client.scan_iter(match=f"{shared.prefix}:*")]
         if keys:
             await client.delete(*keys)
         await shared.aclose()
+        await client.aclose()
         await local.aclose()
         await db.close()
 

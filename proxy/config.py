@@ -313,6 +313,8 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
         redis_failure=st.choice("redis_failure", ("open", "closed"), "open"),
         redis_timeout=st.float("redis_timeout", 1.0, minimum=0.001),
     )
+    if not storage.redis_url.startswith(("redis://", "rediss://")):
+        raise st.error("must be a redis:// or rediss:// URL", "redis_url")
     pricing = root.sub("pricing")
     pricing.reject_unknown({"default_input", "default_output", "models"})
     models = pricing.sub("models")

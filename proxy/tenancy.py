@@ -24,6 +24,7 @@ from proxy.store.limits import LimitStore
 from proxy.store.limits_failover import REDIS_DOWN, FailoverLimits
 from proxy.store.limits_local import LocalLimits
 from proxy.store.limits_redis import RedisLimits, limits_client
+from proxy.store.redis_mux import RedisMux
 from proxy.store.spend import SqliteSpend
 
 log = logging.getLogger("proxy.keys")
@@ -80,7 +81,8 @@ async def start_tenancy(services: Services, session: aiohttp.ClientSession) -> N
     if storage.backend == "redis":
         client = limits_client(storage.redis_url, storage.redis_timeout)
         where = storage.redis_url.rpartition("@")[2]
-        shared = RedisLimits(client, storage.redis_prefix)
+        shared = RedisLimits(RedisMux(storage.redis_url, storage.redis_timeout),
+                             storage.redis_prefix)
         try:
             await shared.start()
         except REDIS_DOWN as exc:

@@ -25,6 +25,8 @@ SHA = "a" * 64
     ({"upstreams": UP, "keys": {"k": {"sha256": SHA}, "j": {"sha256": SHA}}}, "share the same"),
     ({"upstreams": UP, "fallbacks": {"gpt-4o": ["b:gpt-4o-mini"]}}, "expected 'UPSTREAM:MODEL'"),
     ({"upstreams": UP, "storage": {"backend": "mongo"}}, "[storage] backend: expected one of"),
+    ({"upstreams": UP, "storage": {"redis_url": "unix:///run/redis.sock"}},
+     "[storage] redis_url: must be a redis:// or rediss:// URL"),
     ({"upstreams": UP, "pricing": {"models": {"m": {"input": 1}}}}, "needs both input and output"),
 ])
 def test_invalid_config_is_refused_with_location(doc: dict[str, Any], message: str) -> None:

@@ -13,7 +13,8 @@ from limits_support import redis_prefix  # noqa: F401  (fixture)
 from proxy.periods import current_period
 from proxy.store.limits import Ask, Limits, LimitStore
 from proxy.store.limits_local import LocalLimits
-from proxy.store.limits_redis import RedisLimits, limits_client
+from proxy.store.limits_redis import RedisLimits
+from proxy.store.redis_mux import RedisMux
 from proxy.store.spend import SqliteSpend
 from proxy.store.sqlite import open_db
 
@@ -33,7 +34,7 @@ async def make_store(request: pytest.FixtureRequest, tmp_path: Path,
     async def make() -> LimitStore:
         store: LimitStore
         if request.param == "redis":
-            store = RedisLimits(limits_client("redis://127.0.0.1:6379/0", 1.0), redis_prefix)
+            store = RedisLimits(RedisMux("redis://127.0.0.1:6379/0", 1.0), redis_prefix)
         else:
             db = await open_db(str(tmp_path / "proxy.db"))
             dbs.append(db)

@@ -55,7 +55,8 @@ def requests_in_redis(server: OwnRedis) -> int:
 
 
 def test_fail_open_serves_with_local_limits_then_shares_again(
-        tmp_path: Path, own_redis: OwnRedis, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, own_redis: OwnRedis,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "proxy.limits")
     with proxy_on(tmp_path, own_redis, "open") as live:
         ask(live)
@@ -78,7 +79,7 @@ def test_fail_open_serves_with_local_limits_then_shares_again(
 
 
 def test_fail_closed_answers_503_then_serves_when_redis_is_back(
-        tmp_path: Path, own_redis: OwnRedis) -> None:
+        tmp_path: Path, own_redis: OwnRedis) -> None:  # noqa: F811
     with proxy_on(tmp_path, own_redis, "closed") as live:
         ask(live)
         own_redis.stop()

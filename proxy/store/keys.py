@@ -148,6 +148,10 @@ class RedisKeyStore:
         self.ever = f"{prefix}keynames"
         self._create = client.register_script(_CREATE)
 
+    async def aclose(self) -> None:
+        """Close the client's connections."""
+        await self.client.aclose()
+
     async def create(self, key: KeyConfig) -> bool:
         """Issue a key under a name never issued before; False when the name is or was taken."""
         issued = await self._create(keys=[self.names, self.hashes, self.ever],

@@ -23,6 +23,7 @@ from redis.backoff import NoBackoff
 
 from proxy.periods import Period
 from proxy.store.limits import ALL_KEYS, WINDOW_SECONDS, Ask, Limits, Settled, Verdict, Window
+from proxy.store.redis_mux import RedisMux
 
 _WINDOW_MS = int(WINDOW_SECONDS * 1000)
 _KEEP_SPEND_SECONDS = 35 * 86400  # settled spend stays readable this long after its period
@@ -134,8 +135,8 @@ return {spent, day}
 
 
 def limits_client(url: str, timeout: float) -> Redis:
-    """A Redis client for limit checks: short socket timeouts and no retries (a dead Redis
-    must fail fast; the failover policy decides what then)."""
+    """A pooled Redis client with short socket timeouts and no retries (a dead Redis must
+    fail fast; the failover policy decides what then), for the key store."""
     pool = ConnectionPool.from_url(url, max_connections=1024, socket_timeout=timeout,
                                    socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
     return Redis(connection_pool=pool)
@@ -147,21 +148,20 @@ def _ttl(period: Period) -> int:
 
 
 class RedisLimits:
-    """LimitStore in Redis; every method is one round trip."""
+    """LimitStore in Redis; every method is one round trip, auto-pipelined with the
+    other requests' checks of the same event-loop turn."""
 
-    def __init__(self, client: Redis, prefix: str) -> None:
-        self.client = client
+    def __init__(self, mux: RedisMux, prefix: str) -> None:
+        self.mux = mux
         self.prefix = prefix
-        self._admit = client.register_script(_ADMIT)
-        self._reserve = client.register_script(_RESERVE)
-        self._settle = client.register_script(_SETTLE)
+        self._admit = mux.script(_ADMIT)
+        self._reserve = mux.script(_RESERVE)
+        self._settle = mux.script(_SETTLE)
 
-    async def start(self, connections: int = 32) -> None:
-        """Load the scripts and open connections now, so a first burst of requests neither
-        waits on NOSCRIPT retries nor on opening many connections at once."""
-        await asyncio.gather(*(self.client.script_load(s.script) for s in
-                               (self._admit, self._reserve, self._settle)))
-        await asyncio.gather(*(self.client.ping() for _ in range(connections)))
+    async def start(self) -> None:
+        """Connect and load the scripts now, so the first requests do not pay for it."""
+        await asyncio.gather(*(self.mux.execute("SCRIPT", "LOAD", source)
+                               for source in (_ADMIT, _RESERVE, _SETTLE)))
 
     def _lim(self, key: str, *names: str) -> list[str]:
         base = f"{self.prefix}lim:{{{key}}}:"
@@ -172,10 +172,10 @@ class RedisLimits:
 
     async def admit(self, key: str, token: str, limits: Limits, lease_seconds: float) -> Verdict:
         """Check rpm and concurrency and, when allowed, count the request (also reads tpm)."""
-        code, used_r, reset_r, used_t, reset_t = await self._admit(
-            keys=self._lim(key, "rq", "if", "tk", "tkw", "tks"),
-            args=[token, limits.rpm or 0, limits.max_concurrent or 0, limits.tpm or 0,
-                  int(lease_seconds * 1000), _WINDOW_MS])
+        code, used_r, reset_r, used_t, reset_t = await self.mux.evalsha(
+            self._admit, self._lim(key, "rq", "if", "tk", "tkw", "tks"),
+            [token, limits.rpm or 0, limits.max_concurrent or 0, limits.tpm or 0,
+             int(lease_seconds * 1000), _WINDOW_MS])
         requests = Window(limits.rpm, used_r, reset_r / 1000) if limits.rpm else None
         tokens = Window(limits.tpm, used_t, reset_t / 1000) if limits.tpm else None
         if code == 1:
@@ -186,16 +186,16 @@ class RedisLimits:
 
     async def finish(self, key: str, token: str) -> None:
         """Free the request's concurrency slot."""
-        await self.client.zrem(self._lim(key, "if")[0], token)
+        await self.mux.execute("ZREM", self._lim(key, "if")[0], token)
 
     async def reserve(self, key: str, token: str, ask: Ask) -> Verdict:
         """Check tpm and the budget and, when both fit, hold the tokens and the cost."""
-        code, used_t, reset_t, spent, reserved = await self._reserve(
-            keys=[*self._lim(key, "tk", "tkw", "tks", "rs", "rsw", "rss"),
-                  self._spend_key(key, ask.period.name)],
-            args=[token, ask.tokens, ask.tpm or 0, ask.cost,
-                  -1 if ask.budget is None else ask.budget, int(ask.lease_seconds * 1000),
-                  _WINDOW_MS])
+        code, used_t, reset_t, spent, reserved = await self.mux.evalsha(
+            self._reserve, [*self._lim(key, "tk", "tkw", "tks", "rs", "rsw", "rss"),
+                            self._spend_key(key, ask.period.name)],
+            [token, ask.tokens, ask.tpm or 0, ask.cost,
+             -1 if ask.budget is None else ask.budget, int(ask.lease_seconds * 1000),
+             _WINDOW_MS])
         tokens = Window(ask.tpm, used_t, reset_t / 1000) if ask.tpm else None
         reason = {1: "tpm", 2: "budget"}.get(code)
         return Verdict(code == 0, reason, None, tokens,
@@ -205,21 +205,21 @@ class RedisLimits:
     async def settle(self, key: str, token: str, tokens: int, cost: int, period: Period,
                      day: Period) -> Settled:
         """Replace the reservation by what was really used (0, 0 releases it)."""
-        spent, day_total = await self._settle(
-            keys=[*self._lim(key, "tkw", "tks", "rs", "rsw", "rss"),
-                  self._spend_key(key, period.name), self._spend_key(ALL_KEYS, day.name)],
-            args=[token, tokens, cost, _ttl(period), _ttl(day)])
+        spent, day_total = await self.mux.evalsha(
+            self._settle, [*self._lim(key, "tkw", "tks", "rs", "rsw", "rss"),
+                           self._spend_key(key, period.name), self._spend_key(ALL_KEYS, day.name)],
+            [token, tokens, cost, _ttl(period), _ttl(day)])
         return Settled(spent, day_total)
 
     async def spent(self, key: str, period: str) -> int:
         """Settled spend of a key in a period."""
-        return int(await self.client.get(self._spend_key(key, period)) or 0)
+        return int(await self.mux.execute("GET", self._spend_key(key, period)) or 0)
 
     async def claim(self, marker: str, ttl_seconds: float) -> bool:
         """True exactly once per marker (until it expires), across processes."""
-        return bool(await self.client.set(f"{self.prefix}once:{marker}", b"1", nx=True,
-                                          ex=max(1, int(ttl_seconds))))
+        return await self.mux.execute("SET", f"{self.prefix}once:{marker}", "1", "NX", "EX",
+                                      max(1, int(ttl_seconds))) is not None
 
     async def aclose(self) -> None:
-        """Close the connections."""
-        await self.client.aclose()
+        """Close the connection."""
+        await self.mux.aclose()
