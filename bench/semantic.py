@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from proxy.auth import Tenant
-from proxy.embed import DIMENSIONS, Embedder, torch_threads
+from proxy.embed import DIMENSIONS, Embedder, embed_dtype, torch_threads
 from proxy.pipeline.core import Context, Reply, Usage
 from proxy.pipeline.followup import context_dependence
 from proxy.pipeline.paraphrase import clean_text
@@ -81,7 +81,8 @@ async def latency(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), queries: in
     """Search, embed and lookup latency, and lookups/s under concurrency."""
     rng = np.random.default_rng(7)
     result: dict[str, Any] = {"load_average_at_start": os.getloadavg(),
-                              "torch_threads": torch_threads(), "ann_min_rows": ANN_MIN_ROWS,
+                              "torch_threads": torch_threads(), "embed_dtype": embed_dtype(),
+                              "ann_min_rows": ANN_MIN_ROWS,
                               "search_p50_ms": {}, "brute_force_search_p50_ms": {}}
     index = VectorIndex()
     for size in sizes:

@@ -9,9 +9,16 @@ ever awaits.
 Measured on the shared 2-core machine (bench/cache.py semantic): torch with two
 intra-op threads ran one text 10-25x slower than with one thread while other
 processes used the cores (its threads spin-wait for each other), so torch gets
-half the cores (one here) and the event loop keeps the other. A batch is encoded
-in length-sorted sub-batches of SUB_BATCH texts (less padding: ~1.4x the texts/s of
-one padded batch of 32).
+half the cores (one here) and the event loop keeps the other.
+
+On a CPU with native bfloat16 (AVX512_BF16 or AMX) the model runs under bfloat16
+autocast: 2.8x the texts/s of float32 here (689 vs 247 per second in batches of 32)
+while every vector keeps a cosine >= 0.9999 with its float32 twin, so entries stored
+by either precision stay comparable. Layer norms and pooling stay float32. Without
+native bfloat16 (where autocast would be emulated and slow) it stays float32, which
+encodes in length-sorted sub-batches of 8 (less padding: ~1.4x the texts/s of one
+padded batch of 32; under bfloat16 one batch of 32 is faster).
+`PROXY_EMBED_DTYPE=float32|bfloat16` overrides the choice.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import numpy as np  # noqa: E402
 
 DIMENSIONS = 384
 WORD_CACHE_SIZE = 20_000
-SUB_BATCH = 8
+SUB_BATCH = {"float32": 8, "bfloat16": 32}
 _models: dict[str, Any] = {}
 _models_lock = threading.Lock()
 
@@ -62,12 +69,34 @@ def torch_threads() -> int:
         else max(1, (os.cpu_count() or 1) // 2)
 
 
+def has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU computes bfloat16 in hardware (x86 AVX512_BF16 or AMX-BF16)."""
+    try:
+        with open(cpuinfo) as info:
+            flags = next((line for line in info if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def embed_dtype() -> str:
+    """The precision to run the model in: PROXY_EMBED_DTYPE, else bfloat16 when native."""
+    configured = os.environ.get("PROXY_EMBED_DTYPE", "auto")
+    if configured in SUB_BATCH:
+        return configured
+    if configured != "auto":
+        raise ValueError(f"PROXY_EMBED_DTYPE must be auto, float32 or bfloat16, "
+                         f"not {configured!r}")
+    return "bfloat16" if has_native_bf16() else "float32"
+
+
 class Embedder:
     """Turns texts into unit-length float32 vectors, batching concurrent requests."""
 
     def __init__(self, model_path: str | None = None, max_batch: int = 32,
                  max_wait: float = 0.002) -> None:
         self.model_path = model_path
+        self.dtype = embed_dtype()
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.encode_calls = 0
@@ -161,9 +190,13 @@ class Embedder:
                     fut.set_result(vector)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
         self.encode_calls += 1
-        vectors = self._model.encode(texts, normalize_embeddings=True, batch_size=SUB_BATCH,
-                                     convert_to_numpy=True, show_progress_bar=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == "bfloat16"):
+            vectors = self._model.encode(texts, normalize_embeddings=True,
+                                         batch_size=SUB_BATCH[self.dtype],
+                                         convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
 
     async def aclose(self) -> None:
