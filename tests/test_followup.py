@@ -16,10 +16,15 @@ STANDALONE = [
     "how do I stop procrastinating when a task feels too big for me to start it",
     "what are foods that help with digestion",
     "oh and how do I clean suede shoes?",
+    "Yes! What is a good stretch for tight hamstrings?",
+    "perfect. how do I build a morning routine?",
 ]
 DEPENDENT = [
     ("yes", "short reply"),
     ("sounds good", "short reply"),
+    ("yes, do it", "short reply"),  # accepting an offer: "do it" alone is a question start
+    ("sure, log that please", "short reply"),
+    ("no, I meant the other one", "continues the conversation"),
     ("what about the weekend?", "continues the conversation"),
     ("and for someone over 60?", "continues the conversation"),
     ("ok but what if it rains", "continues the conversation"),

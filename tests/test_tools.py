@@ -103,6 +103,40 @@ def test_related_tools_by_keywords(text: str, kept: list[str]) -> None:
     assert [tools.tool_name(t) for t in COACH_TOOLS if stripper.related(t, False, wanted)] == kept
 
 
+OFFER = {"role": "assistant", "content": "Great week! Want me to update your goal to 10k steps?"}
+
+
+@pytest.mark.parametrize(("messages", "kept"), [
+    ([SYSTEM, OFFER, {"role": "user", "content": "yes, do it"}], ["update_goal"]),
+    ([SYSTEM, OFFER, {"role": "user", "content": "sure go ahead with that"}], ["update_goal"]),
+    ([SYSTEM, OFFER, {"role": "user", "content": [{"type": "text", "text": "ok!"}]}],
+     ["update_goal"]),
+    # a message that says something of its own is judged on its own words
+    ([SYSTEM, OFFER, {"role": "user", "content": "What should I eat before bed?"}], []),
+    ([SYSTEM, OFFER, {"role": "user", "content": "I finished my meditation"}], ["log_habit"]),
+    # only the closing question counts, not the whole answer before it
+    ([SYSTEM, {"role": "assistant", "content": "Log your workouts daily. Streaks matter."},
+      {"role": "user", "content": "ok"}], []),
+    ([SYSTEM, {"role": "assistant", "content": "Log your workouts daily. Shall I raise the "
+               "goal?"}, {"role": "user", "content": "ok"}], ["update_goal"]),
+    # the tools the assistant called count as what it talked about
+    ([SYSTEM, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+      {"role": "tool", "tool_call_id": "c", "content": "sunny"},
+      {"role": "assistant", "content": "Sunny all day."},
+      {"role": "user", "content": "and tomorrow?"}], []),
+    ([SYSTEM, {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+      {"role": "user", "content": "again please"}], ["get_weather"]),
+    ([SYSTEM, {"role": "user", "content": "yes"}], []),
+])
+def test_a_reply_to_the_assistant_borrows_its_keywords(messages: list[dict[str, Any]],
+                                                       kept: list[str]) -> None:
+    stripper = tools.ToolStripper(tools.ToolRules())
+    wanted = tools.content_stems(tools.request_text(messages))
+    assert [tools.tool_name(t) for t in COACH_TOOLS if stripper.related(t, False, wanted)] == kept
+
+
 CALL = {"id": "call_1", "type": "function", "function": {"name": "log_habit", "arguments": "{}"}}
 CALL2 = {**CALL, "id": "call_2"}
 
@@ -175,6 +209,16 @@ def test_related_message_keeps_only_related_tools_and_the_call_works(live: LiveP
     assert names(live.fake.received[-1]) == ["get_weather"]
     assert completion.choices[0].message.tool_calls[0].function.name == "get_weather"
     assert last_decision(live)["action"] == "narrowed"
+
+
+def test_accepting_an_offer_keeps_the_offered_tool(live: LiveProxy) -> None:
+    live.client().chat.completions.create(
+        model="gpt-4o", messages=[SYSTEM, OFFER, {"role": "user", "content": "yes, do it"}],
+        tools=COACH_TOOLS)
+    assert names(live.fake.received[-1]) == ["update_goal"]
+    decision = last_decision(live)
+    assert decision["action"] == "narrowed" and decision["dropped_tools"] == [
+        "log_habit", "get_weather"]
 
 
 def test_all_or_none_mode_keeps_every_tool_when_one_relates(tmp_path: Path) -> None:

@@ -23,8 +23,11 @@ _QUESTION_STARTS = frozenset(
 _CONTINUES = re.compile(
     r"^(?:so what|same|even|what about|how about|what if|why not|instead|otherwise)\b"
     r"|\b(?:then|too|instead|as well)$")
-# "and ...", "but ..." join on to the last turn; what follows must stand on its own.
-_CONNECTOR = re.compile(r"^(?:and|but|also|or|plus|so|ok|okay|oh)\b\s*")
+# "and ...", "but ...", "yes, ..." join on to the last turn (answer it); what follows
+# must stand on its own: "yes, do it" is the short reply "do it".
+_CONNECTOR = re.compile(
+    r"^(?:(?:and|but|also|or|plus|so|ok|okay|oh|yes|yeah|yep|yup|sure|no|nope|nah|alright|"
+    r"right|please|great|cool|fine|perfect|sounds good)\b[\s,.!]*)+")
 # Asking to rework the previous answer: "can you be more specific", "give me an example".
 _REWORK = re.compile(
     r"\b(?:more specific|an example|another example|more detail|in more detail|simpler|"

@@ -11,6 +11,13 @@ left, a then-dangling `tool_choice` / `parallel_tool_calls` / `function_call`
 goes too. Tools are always kept when a tool is forced by `tool_choice`, when a
 tool call in the history still waits for its result, when the last message is
 a tool result (the model may chain calls), and for the models the rules name.
+
+A message that only answers the assistant's last turn ("yes, do it", "sure, log
+that", "go ahead") names no tool itself: when the follow-up detector calls it a
+short reply, a continuation or a pointer back, the question the assistant turn
+ended with ("Want me to update your goal?") and the tools it called count as the
+request's keywords too, so an offer the user accepts still finds its tool. Only
+that closing question: the rest of a long answer would relate every tool.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 from proxy import tokens
 from proxy.config import Section
 from proxy.pipeline.core import Context, Next, Reply
+from proxy.pipeline.followup import context_dependence
+from proxy.pipeline.text import content_text
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -51,6 +60,11 @@ STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 _WORD = re.compile(r"[a-z][a-z0-9]*")
 _SUFFIXES = ("ing", "ed", "es", "s", "e")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# Follow-up kinds that answer the assistant's last turn rather than say something new.
+REPLY_KINDS = frozenset({"short reply", "continues the conversation",
+                         "points back at something said before",
+                         "asks to rework the previous answer"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,14 +168,30 @@ def open_tool_call(messages: Iterable[Mapping[str, Any]]) -> bool:
     return bool(pending) or legacy_pending
 
 
-def last_user_text(messages: list[dict[str, Any]]) -> str:
-    """The text of the last user message ('' when there is none)."""
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):
-                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
-            return str(content or "")
+def closing_question(message: Mapping[str, Any]) -> str:
+    """The question an assistant turn ends with ('' when it ends otherwise), followed by
+    the names of the tools it called."""
+    sentences = _SENTENCE_END.split(content_text(message.get("content")).strip())
+    question = sentences[-1] if sentences[-1].endswith("?") else ""
+    calls = message.get("tool_calls")
+    called = [str(c["function"].get("name", "")) for c in calls
+              if isinstance(c, Mapping) and isinstance(c.get("function"), Mapping)
+              ] if isinstance(calls, list) else []
+    return " ".join([question, *called]).strip()
+
+
+def request_text(messages: list[dict[str, Any]]) -> str:
+    """What the request is about: the last user message, preceded by the assistant's
+    closing question when the message only replies to it ('' without a user message)."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].get("role") != "user":
+            continue
+        text = content_text(messages[i].get("content"))
+        before = messages[i - 1] if i > 0 else None
+        if before is not None and before.get("role") == "assistant" and \
+                context_dependence(text) in REPLY_KINDS:
+            return f"{closing_question(before)} {text}"
+        return text
     return ""
 
 
@@ -214,7 +244,7 @@ class ToolStripper:
             kept: list[Any] = []
             why = "tool_choice is 'none': the model may not call any tool"
         else:
-            wanted = content_stems(last_user_text(ctx.messages), self.rules.ignore_words)
+            wanted = content_stems(request_text(ctx.messages), self.rules.ignore_words)
             kept = [t for t in tools if self.related(t, legacy, wanted)]
             if kept and self.rules.mode == "all_or_none":
                 kept = list(tools)
