@@ -24,6 +24,7 @@ from proxy.services import Services
 from proxy.store.bodies import BodyLog
 from proxy.store.kv import KVStore, SqliteKV
 from proxy.store.ledger import Ledger
+from proxy.store.ledger_sync import start_ledger_sync
 from proxy.store.redis_kv import RedisKV
 from proxy.store.sqlite import open_db
 from proxy.tenancy import start_tenancy
@@ -107,6 +108,8 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
             bodies=bodies,
         )
         await start_tenancy(services, session)
+        if redis_client is not None:
+            services.state["ledger_sync"] = await start_ledger_sync(config.storage)
         app[SERVICES] = services
         holder = PipelineHolder(rules_path, services, UpstreamTerminal(services.upstream))
         app[PIPELINE] = holder
@@ -116,6 +119,7 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        await ledger.flush()  # so that the ledger sync ships the last rows as it closes
         for closer in services.state.values():
             aclose = getattr(closer, "aclose", None)
             if aclose is not None:
