@@ -131,7 +131,7 @@ async def latency(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), queries: in
                 await asyncio.to_thread(index.search, vector, 4)
             else:
                 index.search(vector, 4)
-            await verifier.conflict(text, texts[0], 0.9)
+            await verifier.conflict(text, texts[0])
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -153,8 +153,7 @@ async def paraphrase(rules: Rules = Rules()) -> dict[str, Any]:
     verifier = PairVerifier(embedder, rules.synonym_similarity)
     for pair in pairs:
         pair["sim"] = float(vectors[clean_text(pair["a"])] @ vectors[clean_text(pair["b"])])
-        pair["why"] = await verifier.conflict(clean_text(pair["a"]), clean_text(pair["b"]),
-                                              pair["sim"])
+        pair["why"] = await verifier.conflict(clean_text(pair["a"]), clean_text(pair["b"]))
     positives = sum(p["same"] for p in pairs)
     table = []
     for threshold in THRESHOLDS:

@@ -16,6 +16,7 @@ from proxy.embed import Embedder
 from proxy.pipeline.semantic_cache import parse_rules
 from proxy.pipeline.semantic_index import VectorIndex
 from proxy.testing import LiveProxy
+from proxy.upstream.fake import FakeUpstream
 
 RULES = 'pipeline = ["semantic_cache"]\n[semantic_cache]\n'
 QUESTION = "How many grams of protein are in a cup of greek yogurt?"
@@ -191,3 +192,50 @@ def test_readiness_waits_for_the_embedding_model(semantic: LiveProxy) -> None:
         assert asyncio.run(ready_status()) == 503
     finally:
         semantic.services.state["embedder"] = loaded
+
+
+JUDGE_RULES = RULES + 'judge_model = "gpt-4o-mini"\njudge_below = 1.0\n'  # judge every candidate
+
+
+def judged(tmp_path: Path, verdict: str) -> LiveProxy:
+    """A proxy whose semantic cache asks the (fake) cheap model, which says `verdict`."""
+    fake = FakeUpstream(scripted={"Would one correct answer serve both": verdict})
+    return LiveProxy(tmp_path, rules=JUDGE_RULES, fake=fake)
+
+
+def judge_calls(live: LiveProxy) -> list[dict[str, Any]]:
+    return [b for b in live.fake.received if b["model"] == "gpt-4o-mini"]
+
+
+def test_judge_yes_serves_the_hit_and_its_tokens_are_billed(tmp_path: Path) -> None:
+    with judged(tmp_path, "Yes") as live:
+        first = ask(live, QUESTION)
+        second = ask(live, PARAPHRASE)
+        assert second.headers["x-proxy-stage"] == "semantic_cache"
+        assert second.parse().choices[0].message.content == \
+            first.parse().choices[0].message.content
+        [call] = judge_calls(live)
+        assert call["max_tokens"] == 1 and PARAPHRASE.lower().rstrip("?") in \
+            call["messages"][0]["content"].lower()
+        [row] = [r for r in live.ledger_rows() if r["source"] == "judge"]
+        assert row["tenant"] == "alice" and row["stage"] == "semantic_cache"
+        assert row["cost_usd"] > 0 and row["baseline_usd"] == 0
+
+
+def test_judge_no_is_a_miss(tmp_path: Path) -> None:
+    with judged(tmp_path, "No") as live:
+        ask(live, QUESTION)
+        reply = ask(live, PARAPHRASE)
+        assert reply.headers["x-proxy-stage"] == "upstream"
+        assert len(judge_calls(live)) == 1
+        assert live.fake.received[-1]["messages"][-1]["content"] == PARAPHRASE
+
+
+def test_failing_judge_is_a_miss_and_the_request_is_still_served(tmp_path: Path) -> None:
+    with judged(tmp_path, "Yes") as live:
+        ask(live, QUESTION)
+        live.fake.fail("500", count=-1, model="gpt-4o-mini")
+        reply = ask(live, PARAPHRASE)
+        assert reply.headers["x-proxy-stage"] == "upstream"
+        assert reply.parse().choices[0].message.content.startswith("[gpt-4o] Here is my answer")
+        assert not [r for r in live.ledger_rows() if r["source"] == "judge"]

@@ -1,4 +1,5 @@
-"""Proxy-internal upstream calls (the trim stage's summaries) billed to the key they serve.
+"""Proxy-internal upstream calls (trim's summaries, the semantic judge) billed to the key they
+serve, and recorded in the ledger so that savings are reported net of them.
 
 A summary is made before the budget stage runs, so without this it would spend
 money no reservation covers and no key pays for. `KeyCharges.complete_for(ctx)`
@@ -8,6 +9,7 @@ requesting key's tpm and budget in the limit store the budget stage uses, refuse
 with RateLimited / QuotaExceeded when it does not fit (the caller does without:
 trim drops the older turns instead), and afterwards settles the hold to the call's
 usage, or releases it when the call failed. Keys without a policy call as before.
+`internal_call_entry` is the ledger row of such a call.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from proxy.pipeline.budget import completion_tokens_asked, key_ask
 from proxy.pipeline.core import Context, Usage
 from proxy.pricing import PriceTable
 from proxy.services import Services
+from proxy.store.ledger import LedgerEntry
 from proxy.store.limits import Ask, LimitStore, to_nanos, to_usd
 from proxy.tenancy import alerts_of, limits_of
 from proxy.upstream.client import UpstreamClient
@@ -42,6 +45,20 @@ def charges_of(services: Services) -> KeyCharges:
     return KeyCharges(services.upstream, limits_of(services), services.prices,
                       services.config.server.timezone, alerts_of(services),
                       services.config.alerts_daily_usd)
+
+
+def internal_call_entry(ctx: Context, prices: PriceTable, model: str, usage: Usage | None,
+                        started: float, stage: str, source: str, trace: str) -> LedgerEntry:
+    """The ledger row of an internal call made for `ctx`'s request (`started`: its
+    perf_counter start); it costs money and saves none."""
+    prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+    return LedgerEntry(
+        request_id=ctx.request_id, ts=time.time(), tenant=ctx.tenant.name,
+        namespace=ctx.tenant.namespace, requested_model=model, model=model, stage=stage,
+        prompt_tokens=prompt, completion_tokens=completion,
+        cost_usd=prices.cost(model, prompt, completion), baseline_usd=0.0,
+        latency_ms=(time.perf_counter() - started) * 1000.0, status=200, stream=False,
+        source=source, trace=trace)
 
 
 class KeyCharges:

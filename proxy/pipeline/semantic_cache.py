@@ -22,12 +22,13 @@ import orjson
 from proxy.config import Section
 from proxy.embed import Embedder
 from proxy.pipeline.cache_control import HEADER, CacheDirectives, unstorable
+from proxy.pipeline.charges import charges_of
 from proxy.pipeline.core import Context, Next, Reply, Usage
 from proxy.pipeline.followup import context_dependence
 from proxy.pipeline.paraphrase import clean_text
 from proxy.pipeline.replies import completion_id, free_reply, tap_stream
 from proxy.pipeline.semantic_index import Entry, Scope, SemanticEntries
-from proxy.pipeline.semantic_verify import PairVerifier
+from proxy.pipeline.semantic_verify import Judge, PairVerifier
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -118,11 +119,12 @@ class SemanticCache:
     name = "semantic_cache"
 
     def __init__(self, rules: Rules, entries: SemanticEntries, embedder: Embedder,
-                 verifier: PairVerifier) -> None:
+                 verifier: PairVerifier, judge: Judge | None = None) -> None:
         self.rules = rules
         self.entries = entries
         self.embedder = embedder
         self.verifier = verifier
+        self.judge = judge
 
     def standalone_text(self, ctx: Context) -> tuple[str | None, str]:
         """The question to look up, or None and why this request takes no part."""
@@ -181,7 +183,9 @@ class SemanticCache:
         for entry, similarity in found:
             if similarity < self.rules.threshold:
                 break
-            why = await self.verifier.conflict(question, entry.text, similarity, ctx.dry_run)
+            why = await self.verifier.conflict(question, entry.text)
+            if why is None and self.judge is not None and similarity < self.judge.below:
+                why = await self.judge.differ(ctx, question, entry.text)
             if why is None:
                 self.entries.touch(entry)
                 ctx.decide(self.name, "hit", f"similarity {similarity:.2f} to {entry.text!r}",
@@ -223,6 +227,7 @@ def build(rules: Rules, services: Services) -> SemanticCache:
         for tenant in services.keys.tenants():
             entries.start_loading(tenant.namespace)
     entries.max_entries = rules.max_entries
-    verifier = PairVerifier(embedder, rules.synonym_similarity, services.upstream,
-                            rules.judge_model, rules.judge_below)
-    return SemanticCache(rules, entries, embedder, verifier)
+    judge = Judge(rules.judge_model, rules.judge_below, charges_of(services), services.ledger,
+                  services.prices) if rules.judge_model else None
+    return SemanticCache(rules, entries, embedder,
+                         PairVerifier(embedder, rules.synonym_similarity), judge)

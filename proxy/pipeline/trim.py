@@ -28,7 +28,7 @@ import orjson
 
 from proxy import tokens
 from proxy.config import Section
-from proxy.pipeline.charges import KeyCharges, charges_of
+from proxy.pipeline.charges import KeyCharges, charges_of, internal_call_entry
 from proxy.pipeline.core import Context, Next, Reply
 from proxy.pipeline.summary import (
     DEFAULT_PROMPT,
@@ -38,7 +38,6 @@ from proxy.pipeline.summary import (
     summary_key,
     summary_message,
 )
-from proxy.store.ledger import LedgerEntry
 
 # Thread runs hand in the summary stored on their thread and keep the one this stage used.
 THREAD_SUMMARY = "thread_summary"
@@ -265,13 +264,6 @@ class ContextTrimmer:
 
     def _record_cost(self, ctx: Context, summary: Summary, started: float) -> None:
         """A ledger row for the summary call itself, so savings are reported net of it."""
-        usage = summary.usage
-        model = self.rules.summary.model
-        prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
-        self.services.ledger.record(LedgerEntry(
-            request_id=ctx.request_id, ts=time.time(), tenant=ctx.tenant.name,
-            namespace=ctx.tenant.namespace, requested_model=model, model=model, stage=self.name,
-            prompt_tokens=prompt, completion_tokens=completion,
-            cost_usd=self.services.prices.cost(model, prompt, completion), baseline_usd=0.0,
-            latency_ms=(time.perf_counter() - started) * 1000.0, status=200, stream=False,
-            source="summary", trace=orjson.dumps({"summary_key": summary.key}).decode()))
+        self.services.ledger.record(internal_call_entry(
+            ctx, self.services.prices, self.rules.summary.model, summary.usage, started,
+            self.name, "summary", orjson.dumps({"summary_key": summary.key}).decode()))

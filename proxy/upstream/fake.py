@@ -48,6 +48,7 @@ class FakeUpstream:
     faults: list[Fault] = field(default_factory=list)
     received: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10_000))
     received_headers: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=10_000))
+    scripted: dict[str, str] = field(default_factory=dict)  # last-message phrase -> answer
 
     def fail(self, kind: str, count: int = 1, model: str | None = None,
              retry_after: float = 0.0) -> None:
@@ -111,7 +112,7 @@ class FakeUpstream:
             await asyncio.sleep(3600)
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             return _error(400)
-        completion = answer(body)
+        completion = answer(body, self.scripted)
         if self.ttft:
             await asyncio.sleep(self.ttft)
         if not body.get("stream"):
@@ -187,10 +188,13 @@ def _arguments(tool: dict[str, Any]) -> str:
     return orjson.dumps({k: samples.get(v.get("type"), None) for k, v in props.items()}).decode()
 
 
-def answer(body: dict[str, Any]) -> dict[str, Any]:
-    """The fake's deterministic chat.completion for a request body."""
+def answer(body: dict[str, Any], scripted: dict[str, str] | None = None) -> dict[str, Any]:
+    """The fake's deterministic chat.completion for a request body (`scripted`: the answer
+    to a last message that contains the phrase, instead of the echo)."""
     model = str(body.get("model", "gpt-4o"))
     messages = body["messages"]
+    said = next((reply for phrase, reply in (scripted or {}).items()
+                 if phrase in _last_text(messages)), None)
     prompt = tokens.count_request(body)
     tool = _wants_tool(body)
     choices = []
@@ -204,7 +208,9 @@ def answer(body: dict[str, Any]) -> dict[str, Any]:
             finish = "tool_calls"
             completion_tokens += tokens.count_text(call["function"]["arguments"]) + 8
         else:
-            if messages[-1].get("role") == "tool":
+            if said is not None:
+                text = said
+            elif messages[-1].get("role") == "tool":
                 text = f"[{model}] Based on the tool result: {_last_text(messages, 'tool')[:200]}"
             else:
                 text = f"[{model}] Here is my answer to: {_last_text(messages)[:300]}"
