@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -105,6 +106,36 @@ async def test_two_workers_of_one_host_neither_duplicate_nor_reimport(
     finally:
         for host in (w1, w2, other):
             await host.close()
+
+
+async def test_workers_of_one_host_take_turns_shipping(tmp_path: Path,
+                                                       redis_prefix: str) -> None:  # noqa: F811
+    shared = tmp_path / "host.db"
+    workers = [await Host(shared, REDIS_URL, redis_prefix).open() for _ in range(3)]
+    try:
+        await workers[0].record(*(f"r{i}" for i in range(50)))
+        sync = workers[0].sync
+        assert sync is not None
+        for _ in range(100):  # a worker that finds the lock taken ships nothing this round
+            await asyncio.gather(*(w.sync.ship() for w in workers if w.sync))
+            if await sync._get("shipped_rowid", "0") == "50":
+                break
+            await asyncio.sleep(0.02)
+        assert await sync.client.xlen(sync.stream) == 50  # each row once on the stream
+    finally:
+        for worker in workers:
+            await worker.close()
+
+
+async def test_an_unreadable_stream_entry_is_skipped(hosts: list[Host]) -> None:
+    a, b = hosts
+    assert a.sync and b.sync
+    await b.sync.client.xadd(b.sync.stream, {"o": "elsewhere", "r": 1, "row": b"{not json"})
+    await b.sync.client.xadd(b.sync.stream, {"something": "else"})
+    await a.record("after")
+    await a.sync.sync()
+    await b.sync.sync()
+    assert await b.ids() == ["after"]
 
 
 async def test_rows_wait_while_redis_is_down_and_go_when_it_is_back(

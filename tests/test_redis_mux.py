@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis
 from limits_support import OwnRedis, free_port, own_redis  # noqa: F401  (fixture)
+from redis.exceptions import AuthenticationError, BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.store.redis_mux import RedisMux
@@ -67,9 +67,16 @@ async def test_password_and_database_from_the_url() -> None:
         check = redis.Redis(port=server.port, password="s3cret", db=3)
         assert check.get("where") == b"db3"
         wrong = RedisMux(f"redis://:wrong@127.0.0.1:{server.port}/0", 2.0)
-        with pytest.raises(ResponseError):
-            await wrong.execute("PING")
+        for _ in range(20):  # a connection error (the failover policy applies), not a leak
+            with pytest.raises(AuthenticationError):
+                await wrong.execute("PING")
         await wrong.aclose()
+        await asyncio.sleep(0.2)  # let the server see the closed sockets
+        assert check.info("clients")["connected_clients"] == 1  # only `check` itself
+        bad_db = RedisMux(server.url.replace("/0", "?db=99999"), 2.0)
+        with pytest.raises(RedisConnectionError, match="DB index is out of range"):
+            await bad_db.execute("PING")
+        await bad_db.aclose()
     finally:
         server.stop()
 
@@ -117,3 +124,30 @@ async def test_reconnects_after_redis_comes_back(own_redis: OwnRedis) -> None:  
 async def test_bad_url_scheme_is_refused() -> None:
     with pytest.raises(ValueError, match="scheme"):
         RedisMux("unix:///run/redis.sock", 1.0)
+
+
+async def test_loading_redis_raises_a_connection_error() -> None:
+    replies = iter([b"-LOADING Redis is loading the dataset in memory\r\n"])
+
+    async def loading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(next(replies))
+        await writer.drain()
+
+    server = await asyncio.start_server(loading, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    connection = RedisMux(f"redis://127.0.0.1:{port}/0", 2.0)
+    try:
+        with pytest.raises(BusyLoadingError):  # a ConnectionError: failover applies
+            await connection.execute("PING")
+    finally:
+        await connection.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_closed_mux_refuses_commands(mux: RedisMux) -> None:
+    await mux.execute("PING")
+    await mux.aclose()
+    with pytest.raises(RedisConnectionError, match="closed"):
+        await mux.execute("PING")

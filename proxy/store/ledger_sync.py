@@ -46,6 +46,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS ledger_origin ON ledger (origin, origin_rowid)
 _ORIGIN_COLUMNS = {"origin": "TEXT", "origin_rowid": "INTEGER"}
 _SELECT_LOCAL = (f"SELECT rowid, {', '.join(_ENTRY_COLUMNS)} FROM ledger "
                  "WHERE origin IS NULL AND rowid > ? ORDER BY rowid LIMIT ?")
+_ADVANCE_SHIPPED = ("INSERT INTO ledger_sync VALUES ('shipped_rowid', ?1) ON CONFLICT (name) "
+                    "DO UPDATE SET value = MAX(CAST(value AS INTEGER), ?1)")
+_SHIP_LOCK_MS = 10_000
+# Delete the ship lock only if this worker still holds it.
+_UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
 _INSERT_COPY = (f"INSERT OR IGNORE INTO ledger ({', '.join(_ENTRY_COLUMNS)}, origin, "
                 f"origin_rowid) VALUES ({', '.join('?' * (len(_ENTRY_COLUMNS) + 2))})")
 
@@ -70,6 +75,7 @@ class LedgerSync:
         self._db: aiosqlite.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._unlock = client.register_script(_UNLOCK)
 
     async def start(self) -> None:
         """Add the origin columns and the sync table, name this host, start the task."""
@@ -78,8 +84,12 @@ class LedgerSync:
             present = {row[1] for row in await cur.fetchall()}
         for name, sql_type in _ORIGIN_COLUMNS.items():
             if name not in present:
-                with contextlib.suppress(aiosqlite.OperationalError):  # another worker won
+                try:
                     await db.execute(f"ALTER TABLE ledger ADD COLUMN {name} {sql_type}")
+                except aiosqlite.OperationalError as exc:
+                    if "duplicate column" not in str(exc):  # not just another worker first
+                        await db.close()
+                        raise
         await db.executescript(_SCHEMA)
         await db.execute("INSERT OR IGNORE INTO ledger_sync VALUES ('origin', ?)",
                          (secrets.token_hex(8),))
@@ -98,23 +108,31 @@ class LedgerSync:
         await self._db.execute("INSERT OR REPLACE INTO ledger_sync VALUES (?, ?)", (name, value))
 
     async def ship(self) -> int:
-        """Send the next batch of rows this host wrote to the stream; how many went."""
+        """Send the next batch of rows this host wrote to the stream; how many went.
+
+        The workers of one host (one sqlite, one origin) take turns through a short Redis
+        lock, so the stream does not carry their rows several times over."""
         assert self._db is not None
-        shipped = int(await self._get("shipped_rowid", "0"))
-        async with self._db.execute(_SELECT_LOCAL, (shipped, self.batch)) as cur:
-            rows = await cur.fetchall()
-        if not rows:
-            return 0
-        pipe = self.client.pipeline(transaction=False)
-        for rowid, *values in rows:
-            pipe.xadd(self.stream, {"o": self.origin, "r": rowid,
-                                    "row": orjson.dumps(dict(zip(_ENTRY_COLUMNS, values)))},
-                      maxlen=self.max_stream, approximate=True)
-        await pipe.execute()
-        last = int(rows[-1][0])
-        if last > int(await self._get("shipped_rowid", "0")):  # another worker may be ahead
-            await self._set("shipped_rowid", str(last))
-        return len(rows)
+        lock, holder = f"{self.stream}:ship:{self.origin}", secrets.token_hex(8)
+        if not await self.client.set(lock, holder, nx=True, px=_SHIP_LOCK_MS):
+            return 0  # another worker of this host is shipping
+        try:
+            shipped = int(await self._get("shipped_rowid", "0"))
+            async with self._db.execute(_SELECT_LOCAL, (shipped, self.batch)) as cur:
+                rows = await cur.fetchall()
+            if not rows:
+                return 0
+            pipe = self.client.pipeline(transaction=False)
+            for rowid, *values in rows:
+                pipe.xadd(self.stream,
+                          {"o": self.origin, "r": rowid,
+                           "row": orjson.dumps(dict(zip(_ENTRY_COLUMNS, values)))},
+                          maxlen=self.max_stream, approximate=True)
+            await pipe.execute()
+            await self._db.execute(_ADVANCE_SHIPPED, (int(rows[-1][0]),))
+            return len(rows)
+        finally:
+            await self._unlock(keys=[lock], args=[holder])
 
     async def pull(self) -> int:
         """Copy the next batch of the other hosts' rows into the local ledger; how many
@@ -126,20 +144,25 @@ class LedgerSync:
         if not entries:
             return 0
         copies = []
-        for _, entry in entries:
-            if entry[b"o"].decode() != self.origin:
-                row: dict[str, Any] = orjson.loads(entry[b"row"])
-                copies.append([row.get(c) for c in _ENTRY_COLUMNS]
-                              + [entry[b"o"].decode(), int(entry[b"r"])])
+        for entry_id, entry in entries:
+            try:
+                origin = entry[b"o"].decode()
+                if origin != self.origin:
+                    row: dict[str, Any] = orjson.loads(entry[b"row"])
+                    copies.append([row.get(c) for c in _ENTRY_COLUMNS]
+                                  + [origin, int(entry[b"r"])])
+            except (KeyError, ValueError, UnicodeDecodeError) as exc:  # never block the rest
+                log.error("skipping unreadable ledger stream entry %s: %s", entry_id, exc)
         last = entries[-1][0].decode()
-        await self._db.execute("BEGIN IMMEDIATE")
         try:
+            await self._db.execute("BEGIN IMMEDIATE")
             await self._db.executemany(_INSERT_COPY, copies)
             if _stream_id(last) > _stream_id(await self._get("seen_id", "0-0")):
                 await self._set("seen_id", last)
             await self._db.execute("COMMIT")
         except BaseException:
-            await self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                await self._db.execute("ROLLBACK")
             raise
         return len(entries)
 
@@ -169,8 +192,8 @@ class LedgerSync:
         seconds; else it goes at the next start) and close the connections."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, 5)
         try:
             async with asyncio.timeout(5):
                 while await self.ship() == self.batch:

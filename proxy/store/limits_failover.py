@@ -27,8 +27,11 @@ from proxy.store.limits_redis import RedisLimits
 
 log = logging.getLogger("proxy.limits")
 T = TypeVar("T")
+# Connection trouble, and a Redis that cannot take writes now (a read-only replica after
+# a failover, a master that is down) count as Redis being away.
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
-              asyncio.TimeoutError)
+              asyncio.TimeoutError, redis.exceptions.ReadOnlyError,
+              redis.exceptions.MasterDownError)
 FIRST_BACKOFF, MAX_BACKOFF = 0.5, 5.0
 
 

@@ -9,24 +9,29 @@ order, and the replies are handed back as they are parsed (hiredis). It is the
 auto-pipelining of ioredis or StackExchange.Redis; one check is still one round
 trip, but 64 checks also cost one round trip together.
 
-Failures surface as redis-py's `ConnectionError` / `TimeoutError`, so the failover
-policy is the same as for the pooled client: a broken connection fails every
-command in flight and the next command reconnects.
+Failures surface as redis-py's exceptions, built by redis-py's own error parser
+(`LOADING` is a `BusyLoadingError`, `WRONGPASS` an `AuthenticationError`, both
+connection errors), so the failover policy is the same as for the pooled client:
+a broken connection fails every command in flight and the next command reconnects.
+URL options: `redis://` or `rediss://`, user/password, db in the path or `?db=`,
+and for TLS `ssl_cert_reqs=none|optional|required` and `ssl_ca_certs=PATH`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ssl
 import time
 from collections import deque
 from typing import cast
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import hiredis
+from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Reply = object
@@ -76,7 +81,7 @@ class _Protocol(asyncio.Protocol):
             future, _ = waiting.popleft()
             if not future.done():
                 if isinstance(reply, hiredis.ReplyError):
-                    future.set_exception(ResponseError(str(reply)))
+                    future.set_exception(BaseParser.parse_error(str(reply)))
                 else:
                     future.set_result(reply)
 
@@ -108,6 +113,20 @@ class _Protocol(asyncio.Protocol):
         self.fail(RedisConnectionError(f"connection to redis lost: {exc or 'closed'}"))
 
 
+def _tls_context(options: dict[str, str]) -> ssl.SSLContext:
+    """The TLS context for a rediss:// URL's `ssl_cert_reqs` and `ssl_ca_certs` options."""
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    required = options.get("ssl_cert_reqs", "required").lower()
+    if required not in ("none", "optional", "required"):
+        raise ValueError(f"ssl_cert_reqs must be none, optional or required, not {required!r}")
+    if required == "none":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif required == "optional":
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
 class RedisMux:
     """Auto-pipelined commands and Lua scripts over one shared connection to `url`."""
 
@@ -116,12 +135,14 @@ class RedisMux:
         if parsed.scheme not in ("redis", "rediss"):
             raise ValueError(f"unsupported redis url scheme for limits: {parsed.scheme!r} "
                              "(use redis:// or rediss://)")
-        self.tls = ssl.create_default_context() if parsed.scheme == "rediss" else None
+        options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        self.tls = _tls_context(options) if parsed.scheme == "rediss" else None
         self.host = parsed.hostname or "127.0.0.1"
         self.port = parsed.port or 6379
         self.username = unquote(parsed.username) if parsed.username else None
         self.password = unquote(parsed.password) if parsed.password else None
-        self.db = int(parsed.path.lstrip("/") or 0)
+        self.db = int(options.get("db") or parsed.path.lstrip("/") or 0)
+        self.closed = False
         self.timeout = timeout
         self._wire: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
@@ -140,7 +161,14 @@ class RedisMux:
                     setup.append(wire.send(hiredis.pack_command(("AUTH", *auth))))
                 if self.db:
                     setup.append(wire.send(hiredis.pack_command(("SELECT", self.db))))
-                await asyncio.gather(*setup)
+                try:
+                    await asyncio.gather(*setup)
+                except BaseException as exc:  # wrong password, bad db: close, then report
+                    wire.fail(RedisConnectionError("redis connection closed"))
+                    if isinstance(exc, ResponseError):  # a connection we cannot use
+                        raise RedisConnectionError(f"redis refused the connection setup: "
+                                                   f"{exc}") from exc
+                    raise
         except (OSError, TimeoutError) as exc:
             raise RedisConnectionError(f"cannot connect to redis at {self.host}:{self.port}: "
                                        f"{exc or type(exc).__name__}") from exc
@@ -161,6 +189,8 @@ class RedisMux:
 
     async def execute(self, *args: str | int | bytes) -> Reply:
         """Send one command (pipelined with any others of this loop turn); its reply."""
+        if self.closed:
+            raise RedisConnectionError("redis connection closed")
         wire = self._wire
         if wire is None or wire.broken is not None:
             self._wire = None
@@ -177,13 +207,18 @@ class RedisMux:
         """Run a registered script by sha, loading it on NOSCRIPT (after a Redis restart)."""
         try:
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
-        except ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
+        except NoScriptError:
+            pass
         return await self.execute("EVAL", self._sources[sha], len(keys), *keys, *args)
 
     async def aclose(self) -> None:
-        """Close the connection; commands still in flight fail."""
+        """Close the connection for good; commands still in flight fail."""
+        self.closed = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._connecting
+            self._connecting = None
         if self._wire is not None:
             self._wire.fail(RedisConnectionError("redis connection closed"))
             self._wire = None
