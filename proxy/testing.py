@@ -222,12 +222,17 @@ def insert_entries(live: LiveProxy, entries: list[LedgerEntry]) -> None:
 
 def admin_get(live: LiveProxy, path: str, key: str = "admin") -> tuple[int, Any]:
     """GET a proxy path with a key; (status, parsed JSON or text)."""
+    return admin_call(live, "GET", path, key)
+
+
+def admin_call(live: LiveProxy, method: str, path: str, key: str = "admin") -> tuple[int, Any]:
+    """Call a proxy path (`/v1/...`) with a key's token; (status, parsed JSON or text)."""
     import urllib.error
     import urllib.request
 
     import orjson
 
-    request = urllib.request.Request(live.base_url.removesuffix("/v1") + path,
+    request = urllib.request.Request(live.base_url.removesuffix("/v1") + path, method=method,
                                      headers={"Authorization": f"Bearer {live.key(key)}"})
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:

@@ -8,12 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 
 from proxy.pipeline.exact_cache import exact_entries
-from proxy.testing import LiveProxy
+from proxy.testing import LiveProxy, admin_call
 
 RULES = 'pipeline = ["exact_cache"]\n[exact_cache]\n'
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -277,20 +276,10 @@ def test_least_recently_used_entry_is_evicted_at_max_entries(
         assert outcomes == ["hit-exact", "hit-exact", "miss"]
 
 
-def admin_purge(live: LiveProxy, namespace: str, key: str) -> tuple[int, dict[str, Any]]:
-    async def call() -> tuple[int, dict[str, Any]]:
-        async with aiohttp.ClientSession() as session, session.delete(
-                f"{live.base_url}/proxy/cache/{namespace}",
-                headers={"Authorization": f"Bearer {key}"}) as resp:
-            return resp.status, await resp.json()
-
-    return asyncio.run(call())
-
-
 def test_admin_purges_one_namespace(live: LiveProxy) -> None:
     ask(live, "alice")
     ask(live, "bob")
-    status, body = admin_purge(live, "alice", live.key("admin"))
+    status, body = admin_call(live, "DELETE", "/v1/proxy/cache/alice", "admin")
     assert (status, body["purged"]) == (200, {"exact_cache": 1})
     assert ask(live, "alice")[1] == "miss"
     assert ask(live, "bob")[1] == "hit-exact"
@@ -298,7 +287,7 @@ def test_admin_purges_one_namespace(live: LiveProxy) -> None:
 
 def test_tenant_key_may_not_purge(live: LiveProxy) -> None:
     ask(live, "alice")
-    status, body = admin_purge(live, "alice", live.key("bob"))
+    status, body = admin_call(live, "DELETE", "/v1/proxy/cache/alice", "bob")
     assert (status, body["error"]["code"]) == (403, "permission_denied")
     assert ask(live, "alice")[1] == "hit-exact"
 

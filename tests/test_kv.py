@@ -162,3 +162,46 @@ async def test_older_sqlite_table_gains_the_lru_columns(tmp_path: Path) -> None:
     assert await kv.usage("a") == KVUsage(1, 2)
     assert await kv.get("a", "k") == b"\x01\x02"
     await db.close()
+
+
+# --- change feed --------------------------------------------------------------------------
+
+
+async def test_feed_lists_puts_and_removals_of_one_namespace_in_order(kv: KVStore) -> None:
+    cursor = await kv.feed_cursor("a")
+    await kv.put("a", "k1", b"1")
+    await kv.put("b", "elsewhere", b"x")
+    await kv.put("a", "k2", b"2", ttl=60)
+    await kv.delete("a", "k1")
+    await kv.put("a", "k3", b"3")
+    await kv.evict("a", max_entries=1)  # k2 goes (least recently used)
+    await kv.put("a", "k4", b"4")
+    await kv.purge("a")
+    found = await kv.changes("a", cursor)
+    assert found.complete
+    assert found.changes[:5] == [("put", "k1"), ("put", "k2"), ("delete", "k1"), ("put", "k3"),
+                                 ("delete", "k2")]
+    assert found.changes[5] == ("put", "k4")
+    assert sorted(found.changes[6:]) == [("delete", "k3"), ("delete", "k4")]
+
+
+async def test_feed_resumes_from_its_cursor_in_batches(kv: KVStore) -> None:
+    cursor = await kv.feed_cursor("a")
+    for i in range(5):
+        await kv.put("a", f"k{i}", b"v")
+    first = await kv.changes("a", cursor, limit=3)
+    rest = await kv.changes("a", first.cursor, limit=3)
+    assert [k for _, k in first.changes + rest.changes] == [f"k{i}" for i in range(5)]
+    assert (await kv.changes("a", rest.cursor)).changes == []
+
+
+async def test_feed_says_so_when_changes_were_dropped(kv: KVStore) -> None:
+    cursor = await kv.feed_cursor("a")
+    await kv.put("a", "k", b"v")
+    if isinstance(kv, SqliteKV):
+        await kv.db.execute("DELETE FROM kv_feed")  # pruned (older than FEED_KEEP_SECONDS)
+    else:
+        assert isinstance(kv, RedisKV)
+        await kv.redis.xtrim(kv._feed("a"), maxlen=0)  # trimmed past the cursor
+    await kv.put("a", "k2", b"v")
+    assert not (await kv.changes("a", cursor)).complete

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from proxy.config import ConfigError, Section
 from proxy.embed import Embedder
 from proxy.pipeline.semantic_cache import parse_rules
 from proxy.pipeline.semantic_index import VectorIndex
-from proxy.testing import LiveProxy
+from proxy.testing import LiveProxy, admin_call
 from proxy.upstream.fake import FakeUpstream
 
 RULES = 'pipeline = ["semantic_cache"]\n[semantic_cache]\n'
@@ -239,3 +240,39 @@ def test_failing_judge_is_a_miss_and_the_request_is_still_served(tmp_path: Path)
         assert reply.headers["x-proxy-stage"] == "upstream"
         assert reply.parse().choices[0].message.content.startswith("[gpt-4o] Here is my answer")
         assert not [r for r in live.ledger_rows() if r["source"] == "judge"]
+
+
+def semantic_decision(live: LiveProxy, text: str) -> dict[str, Any]:
+    """The semantic cache's decision for a question, by a dry run (which stores nothing)."""
+    report = live.client().post("/proxy/explain", cast_to=object, body={
+        "model": "gpt-4o", "messages": [{"role": "user", "content": text}]})
+    return next(d for d in report["trace"] if d["stage"] == "semantic_cache")
+
+
+def until(check: Any, timeout: float = 20.0) -> Any:
+    """Poll `check()` until it returns something truthy (or the last value at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return result
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_entries_stored_or_purged_by_one_process_reach_the_others(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    config = request.getfixturevalue("redis_storage") if backend == "redis" else None
+    # two processes' worth of proxies over one store (for sqlite: one database file)
+    with LiveProxy(tmp_path, rules=RULES, config=config) as one, \
+            LiveProxy(tmp_path if backend == "sqlite" else tmp_path / "two", rules=RULES,
+                      config=config) as two:
+        assert semantic_decision(two, PARAPHRASE)["action"] == "miss"
+        ask(one, QUESTION)
+        hit = until(lambda: semantic_decision(two, PARAPHRASE)["action"] == "hit")
+        assert hit, "the other process never saw the stored entry"
+        assert "greek yogurt" in str(semantic_decision(two, PARAPHRASE))  # one's question
+        status, purged = admin_call(one, "DELETE", "/v1/proxy/cache/alice")
+        assert status == 200 and purged["purged"]["semantic_entries"] == 1
+        gone = until(lambda: semantic_decision(two, PARAPHRASE)["action"] == "miss")
+        assert gone, "the other process kept serving a purged entry"
+        reply = ask(two, PARAPHRASE)
+        assert reply.headers["x-proxy-stage"] == "upstream"

@@ -7,12 +7,19 @@ over a normalized float32 matrix up to ANN_MIN_ROWS entries per scope; above tha
 a faiss IVF index (`semantic_ann`) answers instead, built in a worker thread once
 the scope crosses the size (or at start-up, in one batch) and rebuilt when a
 quarter of its vectors were removed (removal only marks them dead).
+
+Each process keeps its own index, so every FEED_POLL_SECONDS it follows the KV
+store's change feed of the namespaces it holds: entries that other workers or
+replicas stored are read and indexed, entries they removed (evicted, expired,
+purged by an admin) are dropped. A process that fell behind the feed reloads
+the namespace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,13 +30,16 @@ import orjson
 
 from proxy.embed import DIMENSIONS
 from proxy.pipeline.semantic_ann import IvfIndex
-from proxy.store.kv import KVStore
+from proxy.store.kv import KVStore, StoreError
 
 Scope = tuple[str, str, str, str]  # namespace, model, instructions hash, tool names
 INLINE_SEARCH_ROWS = 4096  # larger matrices are searched in a worker thread
 # Brute force over 384 floats per row takes ~2.5 ms at 20k rows on the shared 2-core
 # machine (12-40 ms at 100k); the IVF index answers in under 1 ms at either size.
 ANN_MIN_ROWS = 20_000
+FEED_POLL_SECONDS = 0.5
+FEED_BATCH = 1000
+log = logging.getLogger("proxy.semantic")
 
 
 @dataclass(slots=True)
@@ -180,6 +190,9 @@ class SemanticEntries:
         self._indexes: dict[Scope, VectorIndex] = {}
         self._loads: dict[str, asyncio.Task[None]] = {}
         self._builds: set[asyncio.Task[None]] = set()
+        self._cursors: dict[str, str] = {}  # namespace -> position in its change feed
+        self._follower: asyncio.Task[None] | None = None
+        self._feed_failing = False
 
     @staticmethod
     def kv_namespace(namespace: str) -> str:
@@ -199,16 +212,79 @@ class SemanticEntries:
         await asyncio.shield(self.start_loading(namespace))
 
     async def _load(self, namespace: str) -> None:
-        entries = self._entries.setdefault(namespace, OrderedDict())
-        loaded = [Entry.from_bytes(key, raw)
-                  async for key, raw in self.kv.scan(self.kv_namespace(namespace))]
+        ns = self.kv_namespace(namespace)
+        cursor = await self.kv.feed_cursor(ns)  # taken first: what changes during the scan
+        loaded = [Entry.from_bytes(key, raw) async for key, raw in self.kv.scan(ns)]
+        self._entries.setdefault(namespace, OrderedDict())
         for entry in sorted(loaded, key=lambda e: e.created):
-            entries[entry.key] = entry
-            self._index(entry.scope).add(entry.key, entry.vector)
+            self._remember(entry)
         scopes = {entry.scope for entry in loaded}
         for index in (self._indexes[scope] for scope in scopes):
             if index.wants_ann_build():
                 await index.build_ann()
+        self._cursors[namespace] = cursor  # ... is replayed by the follower
+        if self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(self._follow())
+
+    def _remember(self, entry: Entry) -> VectorIndex:
+        """Hold an entry in memory and in its scope's index (newest last)."""
+        entries = self._entries.setdefault(entry.scope[0], OrderedDict())
+        entries[entry.key] = entry
+        entries.move_to_end(entry.key)
+        index = self._index(entry.scope)
+        index.add(entry.key, entry.vector)
+        return index
+
+    def _forget(self, namespace: str, key: str) -> None:
+        """Drop an entry from memory and its index (not from the store)."""
+        entry = self._entries.get(namespace, OrderedDict()).pop(key, None)
+        index = self._indexes.get(entry.scope) if entry is not None else None
+        if index is not None:
+            index.remove(key)
+            self._maybe_build(index)
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(FEED_POLL_SECONDS)
+            try:
+                for namespace in list(self._cursors):
+                    await self.catch_up(namespace)
+                self._feed_failing = False
+            except StoreError as exc:
+                if not self._feed_failing:
+                    log.warning("semantic cache cannot follow the store's changes (%s); "
+                                "retrying", exc)
+                self._feed_failing = True
+
+    async def catch_up(self, namespace: str) -> None:
+        """Apply what other processes stored in or removed from the namespace since the
+        last look (a reload when the feed no longer reaches back that far)."""
+        ns = self.kv_namespace(namespace)
+        entries = self._entries.setdefault(namespace, OrderedDict())
+        while True:
+            found = await self.kv.changes(ns, self._cursors[namespace], FEED_BATCH)
+            if not found.complete:
+                log.warning("semantic cache fell behind the changes of %s; reloading it", ns)
+                for key in list(entries):
+                    self._forget(namespace, key)
+                await self._load(namespace)
+                return
+            for op, key in found.changes:
+                if op == "delete":
+                    self._forget(namespace, key)
+                elif key not in entries and (raw := await self.kv.get(ns, key)) is not None:
+                    self._maybe_build(self._remember(Entry.from_bytes(key, raw)))
+            self._cursors[namespace] = found.cursor
+            if len(found.changes) < FEED_BATCH:
+                return
+
+    async def purge_namespace(self, namespace: str) -> int:
+        """Drop every entry of a tenant namespace, here and in the store (the admin purge);
+        the other processes drop theirs from the feed."""
+        purged = await self.kv.purge(self.kv_namespace(namespace))
+        for key in list(self._entries.get(namespace, ())):
+            self._forget(namespace, key)
+        return purged
 
     def _index(self, scope: Scope) -> VectorIndex:
         return self._indexes.setdefault(scope, VectorIndex())
@@ -250,11 +326,7 @@ class SemanticEntries:
         """Store an entry, evicting the namespace's least recently used beyond max_entries."""
         namespace = entry.scope[0]
         entries = self._entries.setdefault(namespace, OrderedDict())
-        entries[entry.key] = entry
-        entries.move_to_end(entry.key)
-        index = self._index(entry.scope)
-        index.add(entry.key, entry.vector)
-        self._maybe_build(index)
+        self._maybe_build(self._remember(entry))
         await self.kv.put(self.kv_namespace(namespace), entry.key, entry.to_bytes(), ttl)
         while len(entries) > self.max_entries:
             _, oldest = next(iter(entries.items()))
@@ -262,11 +334,7 @@ class SemanticEntries:
 
     async def remove(self, entry: Entry) -> None:
         """Forget one entry, here and in the store."""
-        self._entries.get(entry.scope[0], OrderedDict()).pop(entry.key, None)
-        index = self._indexes.get(entry.scope)
-        if index is not None:
-            index.remove(entry.key)
-            self._maybe_build(index)
+        self._forget(entry.scope[0], entry.key)
         await self.kv.delete(self.kv_namespace(entry.scope[0]), entry.key)
 
     def count(self, namespace: str) -> int:
@@ -274,7 +342,10 @@ class SemanticEntries:
         return len(self._entries.get(namespace, ()))
 
     async def aclose(self) -> None:
-        """Stop index builds still running (at shutdown)."""
+        """Stop following the feed and the index builds still running (at shutdown)."""
+        if self._follower is not None:
+            self._follower.cancel()
+            self._builds.add(self._follower)
         for task in list(self._builds):
             task.cancel()
         await asyncio.gather(*self._builds, return_exceptions=True)

@@ -6,6 +6,13 @@
 at once and never reads another's entries. Values are bytes. Every entry
 remembers when it was last used (`put` or `touch`), so a namespace can be kept
 under a size by evicting the least recently used entries first.
+
+Every namespace also has a change feed (`changes`): which keys were put or
+removed (deleted, evicted, purged), in order, for processes that keep a
+namespace in memory (the semantic cache's vector index) to follow what the other
+workers and replicas wrote. A cursor from `feed_cursor` or `changes` resumes it;
+a reader that fell behind what the feed keeps (an hour in sqlite, the last
+FEED_MAX changes per namespace in Redis) is told so and should reload.
 """
 
 from __future__ import annotations
@@ -28,7 +35,27 @@ CREATE TABLE IF NOT EXISTS kv (
     PRIMARY KEY (ns, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires);
+CREATE TABLE IF NOT EXISTS kv_feed (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT NOT NULL, key TEXT NOT NULL,
+    op TEXT NOT NULL, ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS kv_feed_ns ON kv_feed (ns, id);
+CREATE TRIGGER IF NOT EXISTS kv_feed_put AFTER INSERT ON kv BEGIN
+    INSERT INTO kv_feed (ns, key, op, ts)
+    VALUES (NEW.ns, NEW.key, 'put', (julianday('now') - 2440587.5) * 86400.0);
+END;
+CREATE TRIGGER IF NOT EXISTS kv_feed_delete AFTER DELETE ON kv BEGIN
+    INSERT INTO kv_feed (ns, key, op, ts)
+    VALUES (OLD.ns, OLD.key, 'delete', (julianday('now') - 2440587.5) * 86400.0);
+END;
 """
+# the last id ever given out (pruning cannot lower it)
+_FEED_TOP = "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'kv_feed'"
+_FEED_SPAN = ("SELECT COALESCE(MAX(seq), 0), (SELECT MIN(id) FROM kv_feed) "
+              "FROM sqlite_sequence WHERE name = 'kv_feed'")
+FEED_KEEP_SECONDS = 3600.0  # sqlite keeps an hour of changes
+FEED_MAX = 10_000  # Redis keeps about this many changes per namespace
+_PRUNE_EVERY_SECONDS = 60.0
 _LRU_INDEX = "CREATE INDEX IF NOT EXISTS kv_lru ON kv (ns, used, size);"
 _ADD_LRU_COLUMNS = """
 ALTER TABLE kv ADD COLUMN used REAL NOT NULL DEFAULT 0;
@@ -55,6 +82,14 @@ class KVUsage(NamedTuple):
 
     entries: int
     bytes: int
+
+
+class Changes(NamedTuple):
+    """A stretch of a namespace's change feed."""
+
+    cursor: str  # resume from here
+    changes: list[tuple[str, str]]  # (op, key) in order; op is "put" or "delete"
+    complete: bool  # False: changes were dropped since the cursor (reload the namespace)
 
 
 class KVStore(Protocol):
@@ -94,6 +129,14 @@ class KVStore(Protocol):
         returns how many live entries went."""
         ...
 
+    async def feed_cursor(self, ns: str) -> str:
+        """A cursor just after the namespace's newest change."""
+        ...
+
+    async def changes(self, ns: str, cursor: str, limit: int = 1000) -> Changes:
+        """Up to `limit` changes of the namespace after `cursor`."""
+        ...
+
 
 def translate_errors(
     backend: str, *kinds: type[BaseException]
@@ -121,6 +164,7 @@ class SqliteKV:
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
+        self._pruned = 0.0
 
     async def start(self) -> None:
         """Create the table if needed (adding the LRU columns to an older one)."""
@@ -149,6 +193,9 @@ class SqliteKV:
         await self.db.execute("INSERT OR REPLACE INTO kv (ns, key, value, expires, used, size) "
                               "VALUES (?, ?, ?, ?, ?, ?)",
                               (ns, key, value, expires, now, len(value)))
+        if now - self._pruned > _PRUNE_EVERY_SECONDS:
+            self._pruned = now
+            await self.db.execute("DELETE FROM kv_feed WHERE ts < ?", (now - FEED_KEEP_SECONDS,))
 
     @_translated
     async def delete(self, ns: str, key: str) -> None:
@@ -199,3 +246,23 @@ class SqliteKV:
                                              else max_entries,
                                              _UNLIMITED if max_bytes is None else max_bytes))
         return cur.rowcount
+
+    @_translated
+    async def feed_cursor(self, ns: str) -> str:
+        """A cursor just after the newest change (of any namespace: ids are global)."""
+        (row,) = await self.db.execute_fetchall(_FEED_TOP)
+        return str(row[0])
+
+    @_translated
+    async def changes(self, ns: str, cursor: str, limit: int = 1000) -> Changes:
+        """Up to `limit` changes of the namespace after `cursor`. The cursor moves up to
+        the newest change of any namespace, so a quiet namespace never falls behind."""
+        after = int(cursor)
+        ((top, oldest),) = await self.db.execute_fetchall(
+            _FEED_SPAN)
+        rows = list(await self.db.execute_fetchall(
+            "SELECT id, op, key FROM kv_feed WHERE ns = ? AND id > ? AND id <= ? "
+            "ORDER BY id LIMIT ?", (ns, after, top, limit)))
+        complete = oldest is None or oldest <= after + 1
+        last = rows[-1][0] if len(rows) == limit else max(top, after)
+        return Changes(str(last), [(str(op), str(key)) for _, op, key in rows], complete)

@@ -7,6 +7,7 @@ Layout per namespace, all under one hash tag so a cluster keeps them in one slot
     {prefix}kv:{ns}:exp     sorted set KEY -> expiry (unix s), so expired keys leave the index
     {prefix}kv:{ns}:size    hash KEY -> value bytes
     {prefix}kv:{ns}:bytes   the namespace's total value bytes
+    {prefix}kv:{ns}:feed    stream of changes (op put|delete, key), about FEED_MAX long
 
 Writes and evictions are Lua scripts, so the index and the byte count never
 disagree with the values. Purge walks the namespace's own index, never a
@@ -23,10 +24,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from proxy.store.kv import KVUsage, StoreError, translate_errors
+from proxy.store.kv import FEED_MAX, Changes, KVUsage, StoreError, translate_errors
 
 _BATCH = 500
-# KEYS: value, used, exp, size, bytes; ARGV: key, value, ttl ms (0: none), now (s)
+# KEYS: value, used, exp, size, bytes, feed; ARGV: key, value, ttl ms (0: none), now (s),
+# feed length
 _PUT = """
 local old = redis.call('HGET', KEYS[4], ARGV[1])
 if old then redis.call('DECRBY', KEYS[5], old) end
@@ -41,9 +43,11 @@ end
 redis.call('HSET', KEYS[4], ARGV[1], #ARGV[2])
 redis.call('INCRBY', KEYS[5], #ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*', 'op', 'put', 'key', ARGV[1])
 return 1
 """
-# KEYS: used, exp, size, bytes; ARGV: value key prefix, now (s), max entries, max bytes (-1: none)
+# KEYS: used, exp, size, bytes, feed; ARGV: value key prefix, now (s), max entries,
+# max bytes (-1: none), feed length
 # Drops expired keys from the index, then the least recently used until within the limits.
 _EVICT = """
 local removed = 0
@@ -53,6 +57,7 @@ local function drop(k)
   redis.call('HDEL', KEYS[3], k)
   redis.call('ZREM', KEYS[1], k)
   redis.call('ZREM', KEYS[2], k)
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'op', 'delete', 'key', k)
   return redis.call('DEL', ARGV[1] .. k)
 end
 for _, k in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, 10000)) do
@@ -68,13 +73,14 @@ while max_b >= 0 and tonumber(redis.call('GET', KEYS[4]) or '0') > max_b
 end
 return removed
 """
-# KEYS: value, used, exp, size, bytes; ARGV: key
+# KEYS: value, used, exp, size, bytes, feed; ARGV: key, feed length
 _DELETE = """
 local s = redis.call('HGET', KEYS[4], ARGV[1])
 if s then redis.call('DECRBY', KEYS[5], s) end
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[2], '*', 'op', 'delete', 'key', ARGV[1])
 return redis.call('DEL', KEYS[1])
 """
 
@@ -97,6 +103,10 @@ class RedisKV:
         base = f"{self.prefix}kv:{{{ns}}}:"
         return base + "v:", base + "used", base + "exp", base + "size", base + "bytes"
 
+    def _feed(self, ns: str) -> str:
+        """The namespace's change stream."""
+        return f"{self.prefix}kv:{{{ns}}}:feed"
+
     @_translated
     async def get(self, ns: str, key: str) -> bytes | None:
         """The value, or None when absent or expired."""
@@ -107,17 +117,19 @@ class RedisKV:
     async def put(self, ns: str, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store a value, expiring after `ttl` seconds (never when None)."""
         values, *index = self._keys(ns)
+        feed = self._feed(ns)
         if ttl is not None and ttl <= 0:  # born expired: the same as absent
-            await self._delete(keys=[values + key, *index], args=[key])
+            await self._delete(keys=[values + key, *index, feed], args=[key, FEED_MAX])
             return
         ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
-        await self._put(keys=[values + key, *index], args=[key, value, ttl_ms, time.time()])
+        await self._put(keys=[values + key, *index, feed],
+                        args=[key, value, ttl_ms, time.time(), FEED_MAX])
 
     @_translated
     async def delete(self, ns: str, key: str) -> None:
         """Remove one entry."""
         values, *index = self._keys(ns)
-        await self._delete(keys=[values + key, *index], args=[key])
+        await self._delete(keys=[values + key, *index, self._feed(ns)], args=[key, FEED_MAX])
 
     @_translated
     async def purge(self, ns: str) -> int:
@@ -128,8 +140,12 @@ class RedisKV:
             batch: list[bytes] = await self.redis.zrange(used, 0, _BATCH - 1)
             if not batch:
                 break
-            removed += int(await self.redis.delete(*(values + k.decode() for k in batch)))
-            await self.redis.zrem(used, *batch)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.delete(*(values + k.decode() for k in batch)).zrem(used, *batch)
+                for k in batch:
+                    pipe.xadd(self._feed(ns), {"op": "delete", "key": k}, maxlen=FEED_MAX,
+                              approximate=True)
+                removed += int((await pipe.execute())[0])
         await self.redis.delete(*rest)
         return removed
 
@@ -170,4 +186,35 @@ class RedisKV:
         returns how many live entries went."""
         values, *index = self._keys(ns)
         limits = [-1 if limit is None else limit for limit in (max_entries, max_bytes)]
-        return int(await self._evict(keys=index, args=[values, time.time(), *limits]))
+        return int(await self._evict(keys=[*index, self._feed(ns)],
+                                     args=[values, time.time(), *limits, FEED_MAX]))
+
+    @_translated
+    async def feed_cursor(self, ns: str) -> str:
+        """A cursor just after the namespace's newest change: a marker entry added now, so
+        that the cursor names an entry the stream still holds."""
+        marker = await self.redis.xadd(self._feed(ns), {"op": "mark", "key": ""},
+                                       maxlen=FEED_MAX, approximate=True)
+        return str(marker.decode())
+
+    @_translated
+    async def changes(self, ns: str, cursor: str, limit: int = 1000) -> Changes:
+        """Up to `limit` changes of the namespace after `cursor`; incomplete when the
+        stream no longer holds the cursor's entry (trimmed past it, or deleted)."""
+        feed = self._feed(ns)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xrange(feed, min=f"({cursor}", count=limit).xinfo_stream(feed)
+            entries, info = await pipe.execute(raise_on_error=False)
+        if isinstance(entries, Exception):
+            raise entries
+        first = info.get("first-entry") if isinstance(info, dict) else None
+        complete = first is not None and _stream_id(first[0]) <= _stream_id(cursor.encode())
+        found = [(fields[b"op"].decode(), fields[b"key"].decode()) for _, fields in entries
+                 if fields[b"op"] != b"mark"]
+        return Changes(entries[-1][0].decode() if entries else cursor, found, complete)
+
+
+def _stream_id(raw: bytes) -> tuple[int, int]:
+    millis, _, seq = raw.decode().partition("-")
+    return int(millis), int(seq or 0)
+
