@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from proxy.store.kv import KVStore, KVUsage, SqliteKV, StoreError
+from proxy.store.kv import FEED_PREFIX, KVStore, KVUsage, SqliteKV, StoreError
 from proxy.store.redis_kv import RedisKV
 from proxy.store.sqlite import open_db
 from proxy.testing import drop_redis_prefix, redis_test_prefix
@@ -164,44 +164,48 @@ async def test_older_sqlite_table_gains_the_lru_columns(tmp_path: Path) -> None:
     await db.close()
 
 
-# --- change feed --------------------------------------------------------------------------
+# --- change feed (namespaces under FEED_PREFIX) --------------------------------------------
+
+A, B = FEED_PREFIX + "a", FEED_PREFIX + "b"
 
 
-async def test_feed_lists_puts_and_removals_of_one_namespace_in_order(kv: KVStore) -> None:
-    cursor = await kv.feed_cursor("a")
-    await kv.put("a", "k1", b"1")
-    await kv.put("b", "elsewhere", b"x")
-    await kv.put("a", "k2", b"2", ttl=60)
-    await kv.delete("a", "k1")
-    await kv.put("a", "k3", b"3")
-    await kv.evict("a", max_entries=1)  # k2 goes (least recently used)
-    await kv.put("a", "k4", b"4")
-    await kv.purge("a")
-    found = await kv.changes("a", cursor)
-    assert found.complete
-    assert found.changes[:5] == [("put", "k1"), ("put", "k2"), ("delete", "k1"), ("put", "k3"),
-                                 ("delete", "k2")]
-    assert found.changes[5] == ("put", "k4")
-    assert sorted(found.changes[6:]) == [("delete", "k3"), ("delete", "k4")]
+async def test_feed_lists_puts_and_removals_of_each_namespace_in_order(kv: KVStore) -> None:
+    cursors = {A: await kv.feed_cursor(A), B: await kv.feed_cursor(B)}
+    await kv.put(A, "k1", b"1")
+    await kv.put(B, "elsewhere", b"x")
+    await kv.put("exact", "unfollowed", b"x")
+    await kv.put(A, "k2", b"2", ttl=60)
+    await kv.delete(A, "k1")
+    await kv.put(A, "k3", b"3")
+    await kv.evict(A, max_entries=1)  # k2 goes (least recently used)
+    await kv.put(A, "k4", b"4")
+    await kv.purge(A)
+    found = await kv.changes(cursors)
+    assert found[A].complete and found[B].complete and not found[A].more
+    assert found[A].changes[:6] == [("put", "k1"), ("put", "k2"), ("delete", "k1"),
+                                    ("put", "k3"), ("delete", "k2"), ("put", "k4")]
+    assert sorted(found[A].changes[6:]) == [("delete", "k3"), ("delete", "k4")]
+    assert found[B].changes == [("put", "elsewhere")]
 
 
 async def test_feed_resumes_from_its_cursor_in_batches(kv: KVStore) -> None:
-    cursor = await kv.feed_cursor("a")
+    cursor = await kv.feed_cursor(A)
     for i in range(5):
-        await kv.put("a", f"k{i}", b"v")
-    first = await kv.changes("a", cursor, limit=3)
-    rest = await kv.changes("a", first.cursor, limit=3)
+        await kv.put(A, f"k{i}", b"v")
+    first = (await kv.changes({A: cursor}, limit=3))[A]
+    rest = (await kv.changes({A: first.cursor}, limit=3))[A]
+    assert first.more and not rest.more
     assert [k for _, k in first.changes + rest.changes] == [f"k{i}" for i in range(5)]
-    assert (await kv.changes("a", rest.cursor)).changes == []
+    assert (await kv.changes({A: rest.cursor}))[A].changes == []
 
 
 async def test_feed_says_so_when_changes_were_dropped(kv: KVStore) -> None:
-    cursor = await kv.feed_cursor("a")
-    await kv.put("a", "k", b"v")
+    cursor = await kv.feed_cursor(A)
+    await kv.put(A, "k", b"v")
     if isinstance(kv, SqliteKV):
         await kv.db.execute("DELETE FROM kv_feed")  # pruned (older than FEED_KEEP_SECONDS)
     else:
         assert isinstance(kv, RedisKV)
-        await kv.redis.xtrim(kv._feed("a"), maxlen=0)  # trimmed past the cursor
-    await kv.put("a", "k2", b"v")
-    assert not (await kv.changes("a", cursor)).complete
+        await kv.redis.xtrim(kv._feed(A), maxlen=0)  # trimmed past the cursor
+    await kv.put(A, "k2", b"v")
+    assert not (await kv.changes({A: cursor}))[A].complete

@@ -30,7 +30,7 @@ import orjson
 
 from proxy.embed import DIMENSIONS
 from proxy.pipeline.semantic_ann import IvfIndex
-from proxy.store.kv import KVStore, StoreError
+from proxy.store.kv import FEED_PREFIX, KVStore
 
 Scope = tuple[str, str, str, str]  # namespace, model, instructions hash, tool names
 INLINE_SEARCH_ROWS = 4096  # larger matrices are searched in a worker thread
@@ -39,6 +39,7 @@ INLINE_SEARCH_ROWS = 4096  # larger matrices are searched in a worker thread
 ANN_MIN_ROWS = 20_000
 FEED_POLL_SECONDS = 0.5
 FEED_BATCH = 1000
+LOADS_AT_ONCE = 8  # namespaces read from the store at the same time
 log = logging.getLogger("proxy.semantic")
 
 
@@ -64,9 +65,12 @@ class Entry:
 
     @classmethod
     def from_bytes(cls, key: str, raw: bytes) -> Entry:
-        """Read back what `to_bytes` wrote."""
+        """Read back what `to_bytes` wrote (KeyError, ValueError or TypeError if it cannot
+        be: another format, another embedding size)."""
         data = orjson.loads(raw)
         vector = np.frombuffer(base64.b64decode(data["vector"]), dtype=np.float32)
+        if vector.shape != (DIMENSIONS,):
+            raise ValueError(f"stored vector has {vector.size} dimensions, not {DIMENSIONS}")
         return cls(key, tuple(data["scope"]), data["text"], vector.copy(),  # type: ignore[arg-type]
                    data["completion"], data["created"], data["expires"])
 
@@ -92,6 +96,8 @@ class VectorIndex:
 
     def add(self, key: str, vector: np.ndarray) -> None:
         """Insert or replace the vector stored under `key`."""
+        if vector.shape != (DIMENSIONS,):
+            raise ValueError(f"vector of shape {vector.shape}, not ({DIMENSIONS},)")
         row = self.rows.get(key)
         if row is None:
             row = len(self.keys)
@@ -193,19 +199,28 @@ class SemanticEntries:
         self._cursors: dict[str, str] = {}  # namespace -> position in its change feed
         self._follower: asyncio.Task[None] | None = None
         self._feed_failing = False
+        self._loading = asyncio.Semaphore(LOADS_AT_ONCE)
+        self._closed = False
 
     @staticmethod
     def kv_namespace(namespace: str) -> str:
         """Where a tenant namespace's entries live in the KV store."""
-        return f"semantic:{namespace}"
+        return f"{FEED_PREFIX}{namespace}"
 
     def start_loading(self, namespace: str) -> asyncio.Task[None]:
-        """Begin reading a namespace's stored entries (once per process)."""
+        """Begin reading a namespace's stored entries (once per process; a load that
+        failed, Redis being down say, is tried again by the next caller)."""
         task = self._loads.get(namespace)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._load(namespace))
             self._loads[namespace] = task
+            task.add_done_callback(lambda done: self._forget_failed_load(namespace, done))
         return task
+
+    def _forget_failed_load(self, namespace: str, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None \
+                and self._loads.get(namespace) is task:
+            del self._loads[namespace]
 
     async def ensure_loaded(self, namespace: str) -> None:
         """Wait until a namespace's stored entries are in memory."""
@@ -213,8 +228,15 @@ class SemanticEntries:
 
     async def _load(self, namespace: str) -> None:
         ns = self.kv_namespace(namespace)
-        cursor = await self.kv.feed_cursor(ns)  # taken first: what changes during the scan
-        loaded = [Entry.from_bytes(key, raw) async for key, raw in self.kv.scan(ns)]
+        async with self._loading:
+            cursor = await self.kv.feed_cursor(ns)  # taken first: what changes during the scan
+            loaded = []
+            async for key, raw in self.kv.scan(ns):
+                try:
+                    loaded.append(Entry.from_bytes(key, raw))
+                except (KeyError, ValueError, TypeError) as exc:  # unreadable: skip it
+                    log.error("semantic cache skips stored entry %s/%s: %s", namespace, key,
+                              exc)
         self._entries.setdefault(namespace, OrderedDict())
         for entry in sorted(loaded, key=lambda e: e.created):
             self._remember(entry)
@@ -223,7 +245,7 @@ class SemanticEntries:
             if index.wants_ann_build():
                 await index.build_ann()
         self._cursors[namespace] = cursor  # ... is replayed by the follower
-        if self._follower is None:
+        if self._follower is None and not self._closed:
             self._follower = asyncio.get_running_loop().create_task(self._follow())
 
     def _remember(self, entry: Entry) -> VectorIndex:
@@ -247,36 +269,55 @@ class SemanticEntries:
         while True:
             await asyncio.sleep(FEED_POLL_SECONDS)
             try:
-                for namespace in list(self._cursors):
-                    await self.catch_up(namespace)
+                await self.catch_up()
                 self._feed_failing = False
-            except StoreError as exc:
+            except Exception as exc:  # the store is away (or a bug): keep following
                 if not self._feed_failing:
-                    log.warning("semantic cache cannot follow the store's changes (%s); "
-                                "retrying", exc)
+                    log.warning("semantic cache cannot follow the store's changes (%s: %s); "
+                                "retrying", type(exc).__name__, exc)
                 self._feed_failing = True
 
-    async def catch_up(self, namespace: str) -> None:
-        """Apply what other processes stored in or removed from the namespace since the
-        last look (a reload when the feed no longer reaches back that far)."""
-        ns = self.kv_namespace(namespace)
-        entries = self._entries.setdefault(namespace, OrderedDict())
-        while True:
-            found = await self.kv.changes(ns, self._cursors[namespace], FEED_BATCH)
-            if not found.complete:
-                log.warning("semantic cache fell behind the changes of %s; reloading it", ns)
-                for key in list(entries):
-                    self._forget(namespace, key)
-                await self._load(namespace)
+    async def catch_up(self) -> None:
+        """Apply what other processes stored in or removed from the loaded namespaces
+        since the last look (reloading a namespace whose feed no longer reaches back)."""
+        while self._cursors:
+            found = await self.kv.changes(
+                {self.kv_namespace(n): c for n, c in self._cursors.items()}, FEED_BATCH)
+            more = False
+            for namespace in list(self._cursors):
+                changes = found[self.kv_namespace(namespace)]
+                if not changes.complete:
+                    await self._reload(namespace)
+                    continue
+                for op, key in changes.changes:
+                    try:
+                        await self._apply(namespace, op, key)
+                    except (KeyError, ValueError, TypeError) as exc:  # unreadable: skip it
+                        log.error("semantic cache skips stored entry %s/%s: %s", namespace,
+                                  key, exc)
+                self._cursors[namespace] = changes.cursor
+                more = more or changes.more
+            if not more:
                 return
-            for op, key in found.changes:
-                if op == "delete":
-                    self._forget(namespace, key)
-                elif key not in entries and (raw := await self.kv.get(ns, key)) is not None:
-                    self._maybe_build(self._remember(Entry.from_bytes(key, raw)))
-            self._cursors[namespace] = found.cursor
-            if len(found.changes) < FEED_BATCH:
-                return
+
+    async def _apply(self, namespace: str, op: str, key: str) -> None:
+        """Follow one change: index what was stored (or replaced), drop what went."""
+        raw = None if op == "delete" else await self.kv.get(self.kv_namespace(namespace), key)
+        if raw is None:
+            self._forget(namespace, key)
+            return
+        entry = Entry.from_bytes(key, raw)
+        held = self._entries.get(namespace, OrderedDict()).get(key)
+        if held is not None and held.created == entry.created:
+            return  # our own write, or one we already follow
+        self._forget(namespace, key)
+        self._maybe_build(self._remember(entry))
+
+    async def _reload(self, namespace: str) -> None:
+        log.warning("semantic cache fell behind the changes of %s; reloading it", namespace)
+        for key in list(self._entries.get(namespace, ())):
+            self._forget(namespace, key)
+        await self._load(namespace)
 
     async def purge_namespace(self, namespace: str) -> int:
         """Drop every entry of a tenant namespace, here and in the store (the admin purge);
@@ -313,10 +354,22 @@ class SemanticEntries:
             if entry is None:
                 continue
             if entry.expires is not None and entry.expires <= now:
-                await self.remove(entry)
+                await self._expire(entry)
                 continue
             live.append((entry, score))
         return live
+
+    async def _expire(self, entry: Entry) -> None:
+        """Drop an entry whose time is up, unless another process stored a newer answer
+        under its key meanwhile (then that one is held instead)."""
+        namespace, ns = entry.scope[0], self.kv_namespace(entry.scope[0])
+        self._forget(namespace, entry.key)
+        raw = await self.kv.get(ns, entry.key)
+        if raw is not None and (newer := Entry.from_bytes(entry.key, raw)).created \
+                != entry.created:
+            self._maybe_build(self._remember(newer))
+        else:
+            await self.kv.delete(ns, entry.key)
 
     def touch(self, entry: Entry) -> None:
         """Mark an entry as just used (it is evicted last)."""
@@ -342,10 +395,11 @@ class SemanticEntries:
         return len(self._entries.get(namespace, ()))
 
     async def aclose(self) -> None:
-        """Stop following the feed and the index builds still running (at shutdown)."""
-        if self._follower is not None:
-            self._follower.cancel()
-            self._builds.add(self._follower)
+        """Stop loading, following the feed and building indexes (at shutdown)."""
+        self._closed = True
+        for task in [*self._loads.values(), *([self._follower] if self._follower else [])]:
+            task.cancel()
+            self._builds.add(task)
         for task in list(self._builds):
             task.cancel()
         await asyncio.gather(*self._builds, return_exceptions=True)

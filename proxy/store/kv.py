@@ -7,12 +7,13 @@ at once and never reads another's entries. Values are bytes. Every entry
 remembers when it was last used (`put` or `touch`), so a namespace can be kept
 under a size by evicting the least recently used entries first.
 
-Every namespace also has a change feed (`changes`): which keys were put or
-removed (deleted, evicted, purged), in order, for processes that keep a
-namespace in memory (the semantic cache's vector index) to follow what the other
-workers and replicas wrote. A cursor from `feed_cursor` or `changes` resumes it;
-a reader that fell behind what the feed keeps (an hour in sqlite, the last
-FEED_MAX changes per namespace in Redis) is told so and should reload.
+Namespaces under FEED_PREFIX (the semantic cache's, which every process also
+keeps in memory as a vector index) have a change feed: which keys were put or
+removed (deleted, evicted, purged), in order, so that a process can follow what
+the other workers and replicas wrote. `feed_cursor` starts a cursor; `changes`
+reads many namespaces' feeds in one call; a reader that fell behind what the
+feed keeps (an hour in sqlite, about FEED_MAX changes per namespace in Redis) is
+told so and should reload.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import NamedTuple, ParamSpec, Protocol, TypeVar
 
 import aiosqlite
@@ -39,22 +40,30 @@ CREATE TABLE IF NOT EXISTS kv_feed (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT NOT NULL, key TEXT NOT NULL,
     op TEXT NOT NULL, ts REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS kv_feed_ns ON kv_feed (ns, id);
-CREATE TRIGGER IF NOT EXISTS kv_feed_put AFTER INSERT ON kv BEGIN
+CREATE INDEX IF NOT EXISTS kv_feed_ts ON kv_feed (ts);
+"""
+FEED_PREFIX = "semantic:"  # namespaces with a change feed
+# (Re)made in one transaction at start, so that a change of what they cover applies.
+_FEED_TRIGGERS = f"""
+BEGIN IMMEDIATE;
+DROP TRIGGER IF EXISTS kv_feed_put;
+DROP TRIGGER IF EXISTS kv_feed_delete;
+CREATE TRIGGER kv_feed_put AFTER INSERT ON kv WHEN NEW.ns GLOB '{FEED_PREFIX}*' BEGIN
     INSERT INTO kv_feed (ns, key, op, ts)
     VALUES (NEW.ns, NEW.key, 'put', (julianday('now') - 2440587.5) * 86400.0);
 END;
-CREATE TRIGGER IF NOT EXISTS kv_feed_delete AFTER DELETE ON kv BEGIN
+CREATE TRIGGER kv_feed_delete AFTER DELETE ON kv WHEN OLD.ns GLOB '{FEED_PREFIX}*' BEGIN
     INSERT INTO kv_feed (ns, key, op, ts)
     VALUES (OLD.ns, OLD.key, 'delete', (julianday('now') - 2440587.5) * 86400.0);
 END;
+COMMIT;
 """
 # the last id ever given out (pruning cannot lower it)
 _FEED_TOP = "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'kv_feed'"
 _FEED_SPAN = ("SELECT COALESCE(MAX(seq), 0), (SELECT MIN(id) FROM kv_feed) "
               "FROM sqlite_sequence WHERE name = 'kv_feed'")
 FEED_KEEP_SECONDS = 3600.0  # sqlite keeps an hour of changes
-FEED_MAX = 10_000  # Redis keeps about this many changes per namespace
+FEED_MAX = 2_000  # Redis keeps about this many changes per namespace
 _PRUNE_EVERY_SECONDS = 60.0
 _LRU_INDEX = "CREATE INDEX IF NOT EXISTS kv_lru ON kv (ns, used, size);"
 _ADD_LRU_COLUMNS = """
@@ -90,6 +99,7 @@ class Changes(NamedTuple):
     cursor: str  # resume from here
     changes: list[tuple[str, str]]  # (op, key) in order; op is "put" or "delete"
     complete: bool  # False: changes were dropped since the cursor (reload the namespace)
+    more: bool  # True: the read stopped at its limit; read again from `cursor`
 
 
 class KVStore(Protocol):
@@ -130,11 +140,12 @@ class KVStore(Protocol):
         ...
 
     async def feed_cursor(self, ns: str) -> str:
-        """A cursor just after the namespace's newest change."""
+        """A cursor just after the newest change of a namespace under FEED_PREFIX."""
         ...
 
-    async def changes(self, ns: str, cursor: str, limit: int = 1000) -> Changes:
-        """Up to `limit` changes of the namespace after `cursor`."""
+    async def changes(self, cursors: Mapping[str, str], limit: int = 1000
+                      ) -> dict[str, Changes]:
+        """The changes after each namespace's cursor (up to about `limit` in all)."""
         ...
 
 
@@ -169,6 +180,7 @@ class SqliteKV:
     async def start(self) -> None:
         """Create the table if needed (adding the LRU columns to an older one)."""
         await self.db.executescript(_SCHEMA)
+        await self.db.executescript(_FEED_TRIGGERS)
         async with self.db.execute("PRAGMA table_info(kv)") as cur:
             columns = {row[1] async for row in cur}
         if "used" not in columns:
@@ -254,15 +266,22 @@ class SqliteKV:
         return str(row[0])
 
     @_translated
-    async def changes(self, ns: str, cursor: str, limit: int = 1000) -> Changes:
-        """Up to `limit` changes of the namespace after `cursor`. The cursor moves up to
-        the newest change of any namespace, so a quiet namespace never falls behind."""
-        after = int(cursor)
-        ((top, oldest),) = await self.db.execute_fetchall(
-            _FEED_SPAN)
-        rows = list(await self.db.execute_fetchall(
-            "SELECT id, op, key FROM kv_feed WHERE ns = ? AND id > ? AND id <= ? "
-            "ORDER BY id LIMIT ?", (ns, after, top, limit)))
-        complete = oldest is None or oldest <= after + 1
-        last = rows[-1][0] if len(rows) == limit else max(top, after)
-        return Changes(str(last), [(str(op), str(key)) for _, op, key in rows], complete)
+    async def changes(self, cursors: Mapping[str, str], limit: int = 1000
+                      ) -> dict[str, Changes]:
+        """The changes after each namespace's cursor, read in one query; every cursor
+        moves up to the newest change read, so a quiet namespace never falls behind."""
+        ((top, oldest),) = await self.db.execute_fetchall(_FEED_SPAN)
+        after = {ns: int(cursor) for ns, cursor in cursors.items()}
+        low = min(after.values(), default=top)
+        rows = [] if low >= top else list(await self.db.execute_fetchall(
+            "SELECT id, ns, op, key FROM kv_feed WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+            (low, top, limit)))
+        more = len(rows) == limit
+        reached = rows[-1][0] if more else top
+        found: dict[str, list[tuple[str, str]]] = {ns: [] for ns in after}
+        for row_id, ns, op, key in rows:
+            if ns in found and row_id > after[ns]:
+                found[ns].append((str(op), str(key)))
+        return {ns: Changes(str(max(reached, cursor)), found[ns],
+                            oldest is None or oldest <= cursor + 1, more)
+                for ns, cursor in after.items()}

@@ -7,7 +7,8 @@ Layout per namespace, all under one hash tag so a cluster keeps them in one slot
     {prefix}kv:{ns}:exp     sorted set KEY -> expiry (unix s), so expired keys leave the index
     {prefix}kv:{ns}:size    hash KEY -> value bytes
     {prefix}kv:{ns}:bytes   the namespace's total value bytes
-    {prefix}kv:{ns}:feed    stream of changes (op put|delete, key), about FEED_MAX long
+    {prefix}kv:{ns}:feed    stream of changes (op put|delete, key), about FEED_MAX long,
+                            for namespaces under FEED_PREFIX only
 
 Writes and evictions are Lua scripts, so the index and the byte count never
 disagree with the values. Purge walks the namespace's own index, never a
@@ -18,17 +19,17 @@ module as StoreError.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from proxy.store.kv import FEED_MAX, Changes, KVUsage, StoreError, translate_errors
+from proxy.store.kv import FEED_MAX, FEED_PREFIX, Changes, KVUsage, StoreError, translate_errors
 
 _BATCH = 500
 # KEYS: value, used, exp, size, bytes, feed; ARGV: key, value, ttl ms (0: none), now (s),
-# feed length
+# feed length (0: no feed)
 _PUT = """
 local old = redis.call('HGET', KEYS[4], ARGV[1])
 if old then redis.call('DECRBY', KEYS[5], old) end
@@ -43,11 +44,13 @@ end
 redis.call('HSET', KEYS[4], ARGV[1], #ARGV[2])
 redis.call('INCRBY', KEYS[5], #ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*', 'op', 'put', 'key', ARGV[1])
+if tonumber(ARGV[5]) > 0 then
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*', 'op', 'put', 'key', ARGV[1])
+end
 return 1
 """
 # KEYS: used, exp, size, bytes, feed; ARGV: value key prefix, now (s), max entries,
-# max bytes (-1: none), feed length
+# max bytes (-1: none), feed length (0: no feed)
 # Drops expired keys from the index, then the least recently used until within the limits.
 _EVICT = """
 local removed = 0
@@ -57,7 +60,9 @@ local function drop(k)
   redis.call('HDEL', KEYS[3], k)
   redis.call('ZREM', KEYS[1], k)
   redis.call('ZREM', KEYS[2], k)
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'op', 'delete', 'key', k)
+  if tonumber(ARGV[5]) > 0 then
+    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'op', 'delete', 'key', k)
+  end
   return redis.call('DEL', ARGV[1] .. k)
 end
 for _, k in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, 10000)) do
@@ -73,14 +78,16 @@ while max_b >= 0 and tonumber(redis.call('GET', KEYS[4]) or '0') > max_b
 end
 return removed
 """
-# KEYS: value, used, exp, size, bytes, feed; ARGV: key, feed length
+# KEYS: value, used, exp, size, bytes, feed; ARGV: key, feed length (0: no feed)
 _DELETE = """
 local s = redis.call('HGET', KEYS[4], ARGV[1])
 if s then redis.call('DECRBY', KEYS[5], s) end
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[2], '*', 'op', 'delete', 'key', ARGV[1])
+if tonumber(ARGV[2]) > 0 then
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[2], '*', 'op', 'delete', 'key', ARGV[1])
+end
 return redis.call('DEL', KEYS[1])
 """
 
@@ -107,6 +114,11 @@ class RedisKV:
         """The namespace's change stream."""
         return f"{self.prefix}kv:{{{ns}}}:feed"
 
+    @staticmethod
+    def _feed_length(ns: str) -> int:
+        """How many changes the namespace's stream keeps (0: it has none)."""
+        return FEED_MAX if ns.startswith(FEED_PREFIX) else 0
+
     @_translated
     async def get(self, ns: str, key: str) -> bytes | None:
         """The value, or None when absent or expired."""
@@ -119,17 +131,18 @@ class RedisKV:
         values, *index = self._keys(ns)
         feed = self._feed(ns)
         if ttl is not None and ttl <= 0:  # born expired: the same as absent
-            await self._delete(keys=[values + key, *index, feed], args=[key, FEED_MAX])
+            await self._delete(keys=[values + key, *index, feed], args=[key, self._feed_length(ns)])
             return
         ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
         await self._put(keys=[values + key, *index, feed],
-                        args=[key, value, ttl_ms, time.time(), FEED_MAX])
+                        args=[key, value, ttl_ms, time.time(), self._feed_length(ns)])
 
     @_translated
     async def delete(self, ns: str, key: str) -> None:
         """Remove one entry."""
         values, *index = self._keys(ns)
-        await self._delete(keys=[values + key, *index, self._feed(ns)], args=[key, FEED_MAX])
+        await self._delete(keys=[values + key, *index, self._feed(ns)],
+                           args=[key, self._feed_length(ns)])
 
     @_translated
     async def purge(self, ns: str) -> int:
@@ -142,7 +155,7 @@ class RedisKV:
                 break
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.delete(*(values + k.decode() for k in batch)).zrem(used, *batch)
-                for k in batch:
+                for k in batch if self._feed_length(ns) else ():
                     pipe.xadd(self._feed(ns), {"op": "delete", "key": k}, maxlen=FEED_MAX,
                               approximate=True)
                 removed += int((await pipe.execute())[0])
@@ -187,7 +200,8 @@ class RedisKV:
         values, *index = self._keys(ns)
         limits = [-1 if limit is None else limit for limit in (max_entries, max_bytes)]
         return int(await self._evict(keys=[*index, self._feed(ns)],
-                                     args=[values, time.time(), *limits, FEED_MAX]))
+                                     args=[values, time.time(), *limits,
+                                           self._feed_length(ns)]))
 
     @_translated
     async def feed_cursor(self, ns: str) -> str:
@@ -198,23 +212,24 @@ class RedisKV:
         return str(marker.decode())
 
     @_translated
-    async def changes(self, ns: str, cursor: str, limit: int = 1000) -> Changes:
-        """Up to `limit` changes of the namespace after `cursor`; incomplete when the
-        stream no longer holds the cursor's entry (trimmed past it, or deleted)."""
-        feed = self._feed(ns)
+    async def changes(self, cursors: Mapping[str, str], limit: int = 1000
+                      ) -> dict[str, Changes]:
+        """The changes after each namespace's cursor: one XREAD over all the streams (up
+        to `limit` per stream), then, for the streams that moved, whether each still holds
+        its cursor's entry (if not, it was trimmed past it: incomplete)."""
+        streams = {self._feed(ns): cursor for ns, cursor in cursors.items()}
+        answer = await self.redis.xread(streams, count=limit) if streams else []
+        moved = {stream.decode(): entries for stream, entries in answer}
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xrange(feed, min=f"({cursor}", count=limit).xinfo_stream(feed)
-            entries, info = await pipe.execute(raise_on_error=False)
-        if isinstance(entries, Exception):
-            raise entries
-        first = info.get("first-entry") if isinstance(info, dict) else None
-        complete = first is not None and _stream_id(first[0]) <= _stream_id(cursor.encode())
-        found = [(fields[b"op"].decode(), fields[b"key"].decode()) for _, fields in entries
-                 if fields[b"op"] != b"mark"]
-        return Changes(entries[-1][0].decode() if entries else cursor, found, complete)
-
-
-def _stream_id(raw: bytes) -> tuple[int, int]:
-    millis, _, seq = raw.decode().partition("-")
-    return int(millis), int(seq or 0)
-
+            for stream in moved:
+                pipe.xrange(stream, min=streams[stream], max=streams[stream], count=1)
+            held = dict(zip(moved, await pipe.execute())) if moved else {}
+        result = {}
+        for ns, cursor in cursors.items():
+            entries = moved.get(self._feed(ns), [])
+            found = [(fields[b"op"].decode(), fields[b"key"].decode())
+                     for _, fields in entries if fields[b"op"] != b"mark"]
+            result[ns] = Changes(entries[-1][0].decode() if entries else cursor, found,
+                                 not entries or bool(held.get(self._feed(ns))),
+                                 len(entries) == limit)
+        return result

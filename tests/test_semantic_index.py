@@ -1,0 +1,127 @@
+"""Semantic entries held by several processes over one store: following the change feed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import numpy as np
+import pytest
+
+from proxy.embed import DIMENSIONS
+from proxy.pipeline.semantic_index import Entry, Scope, SemanticEntries
+from proxy.store.kv import SqliteKV
+from proxy.store.sqlite import open_db
+
+SCOPE: Scope = ("alice", "gpt-4o", "", "")
+
+
+def vector(seed: int) -> np.ndarray:
+    row = np.random.default_rng(seed).standard_normal(DIMENSIONS).astype(np.float32)
+    return row / np.linalg.norm(row)
+
+
+def entry(key: str, answer: str, created: float, expires: float | None = None) -> Entry:
+    return Entry(key, SCOPE, f"question {key}", vector(hash(key) % 1000), {"answer": answer},
+                 created, expires)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
+    conn = await open_db(str(tmp_path / "kv.db"))
+    yield conn
+    await conn.close()
+
+
+async def process(db: aiosqlite.Connection) -> SemanticEntries:
+    """One process's entries over the shared store, with alice's namespace loaded."""
+    kv = SqliteKV(db)
+    await kv.start()
+    entries = SemanticEntries(kv, max_entries=100)
+    await entries.ensure_loaded("alice")
+    return entries
+
+
+async def held(entries: SemanticEntries, key: str) -> Any:
+    found = await entries.search(SCOPE, vector(hash(key) % 1000), 1)
+    return found[0][0].completion["answer"] if found and found[0][0].key == key else None
+
+
+async def test_a_replaced_answer_reaches_the_other_process(db: aiosqlite.Connection) -> None:
+    one, two = await process(db), await process(db)
+    await one.add(entry("k", "old answer", time.time()), None)
+    await two.catch_up()
+    assert await held(two, "k") == "old answer"
+    await one.add(entry("k", "new answer", time.time() + 1), None)  # x-proxy-cache: refresh
+    await two.catch_up()
+    assert await held(two, "k") == "new answer"
+    await asyncio.gather(one.aclose(), two.aclose())
+
+
+async def test_an_expired_copy_never_deletes_the_newer_answer(db: aiosqlite.Connection) -> None:
+    one, two = await process(db), await process(db)
+    await one.add(entry("k", "short-lived", time.time(), expires=time.time() + 0.2), 0.2)
+    await two.catch_up()
+    await asyncio.sleep(0.3)  # two's copy is past its time ...
+    await one.add(entry("k", "fresh", time.time() + 1), None)  # ... and one stored a newer one
+    assert await held(two, "k") is None  # the expired copy is not served
+    assert await held(two, "k") == "fresh"  # two picked up the newer answer instead
+    assert await one.kv.get(one.kv_namespace("alice"), "k") is not None
+    await asyncio.gather(one.aclose(), two.aclose())
+
+
+async def test_an_unreadable_stored_entry_is_skipped_and_following_goes_on(
+        db: aiosqlite.Connection) -> None:
+    one, two = await process(db), await process(db)
+    ns = one.kv_namespace("alice")
+    await one.kv.put(ns, "garbage", b'{"format": "from another version"}')
+    short = Entry("short", SCOPE, "q", np.ones(8, np.float32), {}, time.time(), None)
+    await one.kv.put(ns, "short", short.to_bytes())  # another embedding size
+    await one.add(entry("good", "answer", time.time()), None)
+    await two.catch_up()
+    assert await held(two, "good") == "answer"
+    assert await one.purge_namespace("alice") == 3
+    await two.catch_up()
+    assert await held(two, "good") is None
+    three = await process(db)  # a process starting now skips them at load too
+    assert three.count("alice") == 0
+    await asyncio.gather(one.aclose(), two.aclose(), three.aclose())
+
+
+class FailingOnce(SqliteKV):
+    """A store whose first scan fails (Redis away at start-up, say)."""
+
+    failed = False
+
+    async def scan(self, ns: str) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("store away")
+        async for item in super().scan(ns):
+            yield item
+
+
+async def test_a_failed_load_is_tried_again(db: aiosqlite.Connection) -> None:
+    kv = FailingOnce(db)
+    await kv.start()
+    await kv.put("semantic:alice", "k", entry("k", "answer", time.time()).to_bytes())
+    entries = SemanticEntries(kv, max_entries=100)
+    with pytest.raises(ConnectionError):
+        await entries.ensure_loaded("alice")
+    await entries.ensure_loaded("alice")
+    assert entries.count("alice") == 1
+    await entries.aclose()
+
+
+async def test_closing_while_loading_leaves_nothing_running(db: aiosqlite.Connection) -> None:
+    kv = SqliteKV(db)
+    await kv.start()
+    entries = SemanticEntries(kv, max_entries=100)
+    entries.start_loading("alice")
+    await entries.aclose()
+    await asyncio.sleep(0)
+    assert entries._follower is None
