@@ -121,3 +121,25 @@ def test_shutdown_fails_runs_still_executing(tmp_path: Path,
     stored = orjson.loads(body)
     assert stored["status"] == "failed"
     assert "shut down" in stored["last_error"]["message"]
+
+
+def test_run_model_is_the_model_that_answered(
+        tmp_path: Path) -> None:
+    rules = ('pipeline = ["route"]\n[route]\naliases = { auto = "gpt-4o-mini" }\n'
+             '[[route.rules]]\nname = "deep"\nmodel = "gpt-4o"\n'
+             'when = { keywords = ["analyze"] }\n')
+    with LiveProxy(tmp_path, rules=rules) as live:
+        client = live.client()
+        assistant = client.beta.assistants.create(model="auto", instructions="Coach.")
+        thread = client.beta.threads.create(messages=[{"role": "user", "content": "hi"}])
+        first = client.beta.threads.runs.create_and_poll(thread_id=thread.id,
+                                                         assistant_id=assistant.id)
+        client.beta.threads.messages.create(thread.id, role="user", content="analyze my week")
+        second = client.beta.threads.runs.create_and_poll(thread_id=thread.id,
+                                                          assistant_id=assistant.id)
+        assert (first.status, second.status) == ("completed", "completed")
+        assert (first.model, second.model) == ("gpt-4o-mini", "gpt-4o")
+        assert [b["model"] for b in live.fake.received] == ["gpt-4o-mini", "gpt-4o"]
+        assert client.beta.threads.runs.retrieve(first.id, thread_id=thread.id).model == \
+            "gpt-4o-mini"
+        assert client.beta.assistants.retrieve(assistant.id).model == "auto"

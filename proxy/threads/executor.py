@@ -145,6 +145,9 @@ class RunTurn:
             raise RunFailed(error_code(reply.status), _error_message(reply))
         completion = await (self._consume(ctx, reply) if reply.is_stream
                             else self._whole(reply))
+        if reply.stage == "upstream" and reply.model:  # "the model used for this run"
+            run.setdefault("_requested_model", run["model"])  # what every turn asks for
+            run["model"] = reply.model
         await self._keep_summary(thread, ctx)
         await self._conclude(completion, reply)
 

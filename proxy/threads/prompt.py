@@ -84,7 +84,7 @@ def build_chat_request(run: dict[str, Any], thread_messages: list[dict[str, Any]
         prior = prior[-int(strategy["last_messages"]):]
     history = [chat_message(m) for m in prior]
     system = [{"role": "system", "content": run["instructions"]}] if run["instructions"] else []
-    body: dict[str, Any] = {"model": run["model"],
+    body: dict[str, Any] = {"model": run.get("_requested_model", run["model"]),
                             "messages": system + run_tail(steps, own)}
     if run["tools"]:
         body["tools"] = [{"type": "function", "function": t["function"]} for t in run["tools"]]
