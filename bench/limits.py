@@ -142,7 +142,7 @@ async def main() -> None:
         local = LocalLimits(SqliteSpend(db))
         await local.start()
         client = limits_client(args.redis_url, 1.0)
-        shared = RedisLimits(RedisMux(args.redis_url, 1.0), "bench-" + secrets.token_hex(4))
+        shared = RedisLimits(RedisMux(args.redis_url, 1.0), "bench-" + secrets.token_hex(4) + ":")
         await shared.start()
         print(f"{args.requests} requests per run, one hot key")
         for concurrency in args.concurrency:
@@ -157,7 +157,7 @@ async def main() -> None:
                     print(f"{scenario}, {name} ({rate:,.0f} requests/s)")
                     for label, samples in runs.items():
                         print(f"    {label:40s} {percentiles(samples)}")
-        keys = [k async for k in client.scan_iter(match=f"{shared.prefix}:*")]
+        keys = [k async for k in client.scan_iter(match=f"{shared.prefix}*")]
         if keys:
             await client.delete(*keys)
         await shared.aclose()

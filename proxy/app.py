@@ -120,10 +120,13 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
         await ledger.flush()  # so that the ledger sync ships the last rows as it closes
-        for closer in services.state.values():
+        for name, closer in services.state.items():
             aclose = getattr(closer, "aclose", None)
             if aclose is not None:
-                await aclose()
+                try:
+                    await aclose()
+                except Exception:  # one failing closer must not keep the others open
+                    log.exception("closing %s failed", name)
         await ledger.close()
         await db.close()
         if redis_client is not None:

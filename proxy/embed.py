@@ -81,7 +81,7 @@ def has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 def embed_dtype() -> str:
     """The precision to run the model in: PROXY_EMBED_DTYPE, else bfloat16 when native."""
-    configured = os.environ.get("PROXY_EMBED_DTYPE", "auto")
+    configured = os.environ.get("PROXY_EMBED_DTYPE") or "auto"
     if configured in SUB_BATCH:
         return configured
     if configured != "auto":

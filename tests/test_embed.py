@@ -70,8 +70,9 @@ def test_dtype_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert embed_dtype() == "float32"
     monkeypatch.setenv("PROXY_EMBED_DTYPE", "bfloat16")
     assert embed_dtype() == "bfloat16"
-    monkeypatch.setenv("PROXY_EMBED_DTYPE", "auto")
-    assert embed_dtype() == ("bfloat16" if has_native_bf16() else "float32")
+    for automatic in ("auto", ""):  # empty: as compose leaves an unset ${VAR}
+        monkeypatch.setenv("PROXY_EMBED_DTYPE", automatic)
+        assert embed_dtype() == ("bfloat16" if has_native_bf16() else "float32")
     monkeypatch.setenv("PROXY_EMBED_DTYPE", "float16")
     with pytest.raises(ValueError, match="PROXY_EMBED_DTYPE"):
         embed_dtype()

@@ -71,8 +71,11 @@ async def test_password_and_database_from_the_url() -> None:
             with pytest.raises(AuthenticationError):
                 await wrong.execute("PING")
         await wrong.aclose()
-        await asyncio.sleep(0.2)  # let the server see the closed sockets
-        assert check.info("clients")["connected_clients"] == 1  # only `check` itself
+        for _ in range(100):  # until the server has seen the closed sockets
+            if check.info("clients")["connected_clients"] == 1:  # only `check` itself
+                break
+            await asyncio.sleep(0.05)
+        assert check.info("clients")["connected_clients"] == 1
         bad_db = RedisMux(server.url.replace("/0", "?db=99999"), 2.0)
         with pytest.raises(RedisConnectionError, match="DB index is out of range"):
             await bad_db.execute("PING")

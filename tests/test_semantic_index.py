@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,18 @@ import numpy as np
 import pytest
 
 from proxy.embed import DIMENSIONS
+from proxy.pipeline import semantic_index
 from proxy.pipeline.semantic_index import Entry, Scope, SemanticEntries
 from proxy.store.kv import SqliteKV
 from proxy.store.sqlite import open_db
 
 SCOPE: Scope = ("alice", "gpt-4o", "", "")
+
+
+@pytest.fixture(autouse=True)
+def no_background_follower(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests call `catch_up()` themselves, at the moments they choose."""
+    monkeypatch.setattr(semantic_index, "FEED_POLL_SECONDS", 3600.0)
 
 
 def vector(seed: int) -> np.ndarray:
@@ -26,8 +34,8 @@ def vector(seed: int) -> np.ndarray:
 
 
 def entry(key: str, answer: str, created: float, expires: float | None = None) -> Entry:
-    return Entry(key, SCOPE, f"question {key}", vector(hash(key) % 1000), {"answer": answer},
-                 created, expires)
+    return Entry(key, SCOPE, f"question {key}", vector(zlib.crc32(key.encode())),
+                 {"answer": answer}, created, expires)
 
 
 @pytest.fixture
@@ -47,7 +55,7 @@ async def process(db: aiosqlite.Connection) -> SemanticEntries:
 
 
 async def held(entries: SemanticEntries, key: str) -> Any:
-    found = await entries.search(SCOPE, vector(hash(key) % 1000), 1)
+    found = await entries.search(SCOPE, vector(zlib.crc32(key.encode())), 1)
     return found[0][0].completion["answer"] if found and found[0][0].key == key else None
 
 
@@ -125,3 +133,33 @@ async def test_closing_while_loading_leaves_nothing_running(db: aiosqlite.Connec
     await entries.aclose()
     await asyncio.sleep(0)
     assert entries._follower is None
+
+
+async def test_a_namespace_loaded_during_a_read_is_followed_next_round(
+        db: aiosqlite.Connection) -> None:
+    one, two = await process(db), await process(db)
+    slow_read = asyncio.Event()
+    original = two.kv.changes
+
+    async def changes_while_bob_loads(cursors: Any, limit: int = 1000) -> Any:
+        found = await original(cursors, limit)
+        await two.ensure_loaded("bob")  # finishes while alice's changes are being read
+        slow_read.set()
+        return found
+
+    two.kv.changes = changes_while_bob_loads  # type: ignore[method-assign]
+    await one.add(entry("k", "answer", time.time()), None)
+    await two.catch_up()  # no KeyError for bob, alice's change applied
+    assert slow_read.is_set() and await held(two, "k") == "answer"
+    await asyncio.gather(one.aclose(), two.aclose())
+
+
+async def test_an_unreadable_value_under_an_expired_key_is_a_miss(
+        db: aiosqlite.Connection) -> None:
+    one = await process(db)
+    await one.add(entry("k", "short-lived", time.time(), expires=time.time() + 0.1), None)
+    await one.kv.put(one.kv_namespace("alice"), "k", b'{"format": "unknown"}')
+    await asyncio.sleep(0.2)
+    assert await held(one, "k") is None
+    assert await one.kv.get(one.kv_namespace("alice"), "k") is None
+    await one.aclose()

@@ -281,10 +281,11 @@ class SemanticEntries:
         """Apply what other processes stored in or removed from the loaded namespaces
         since the last look (reloading a namespace whose feed no longer reaches back)."""
         while self._cursors:
+            asked = dict(self._cursors)  # a namespace may finish loading during the read
             found = await self.kv.changes(
-                {self.kv_namespace(n): c for n, c in self._cursors.items()}, FEED_BATCH)
+                {self.kv_namespace(n): c for n, c in asked.items()}, FEED_BATCH)
             more = False
-            for namespace in list(self._cursors):
+            for namespace in asked:
                 changes = found[self.kv_namespace(namespace)]
                 if not changes.complete:
                     await self._reload(namespace)
@@ -365,8 +366,11 @@ class SemanticEntries:
         namespace, ns = entry.scope[0], self.kv_namespace(entry.scope[0])
         self._forget(namespace, entry.key)
         raw = await self.kv.get(ns, entry.key)
-        if raw is not None and (newer := Entry.from_bytes(entry.key, raw)).created \
-                != entry.created:
+        try:
+            newer = Entry.from_bytes(entry.key, raw) if raw is not None else None
+        except (KeyError, ValueError, TypeError):  # unreadable: it goes too
+            newer = None
+        if newer is not None and newer.created != entry.created:
             self._maybe_build(self._remember(newer))
         else:
             await self.kv.delete(ns, entry.key)

@@ -283,5 +283,6 @@ class SqliteKV:
             if ns in found and row_id > after[ns]:
                 found[ns].append((str(op), str(key)))
         return {ns: Changes(str(max(reached, cursor)), found[ns],
-                            oldest is None or oldest <= cursor + 1, more)
+                            oldest <= cursor + 1 if oldest is not None else cursor >= top,
+                            more)
                 for ns, cursor in after.items()}

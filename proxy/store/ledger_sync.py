@@ -162,7 +162,8 @@ class LedgerSync:
             await self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
-                await self._db.execute("ROLLBACK")
+                with contextlib.suppress(Exception):  # a COMMIT cut short by a cancel
+                    await self._db.execute("ROLLBACK")
             raise
         return len(entries)
 
@@ -192,7 +193,7 @@ class LedgerSync:
         seconds; else it goes at the next start) and close the connections."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._task, 5)
         try:
             async with asyncio.timeout(5):
