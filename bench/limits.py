@@ -51,6 +51,7 @@ BODY = {"model": "gpt-4o-mini", "max_tokens": 64,
 
 
 def percentiles(samples: list[float]) -> str:
+    """p50 and p99 of second samples, in milliseconds."""
     ordered = sorted(samples)
     p50 = statistics.median(ordered)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -73,6 +74,7 @@ async def drive(n: int, concurrency: int, one: object, stagger_s: float = 0.0) -
 
 async def bench_store(store: LimitStore, n: int, concurrency: int,
                       upstream_s: float) -> dict[str, list[float]]:
+    """Time each store call of a request's life (admit, reserve, settle, finish)."""
     month = current_period("month", "UTC", time.time())
     day = current_period("day", "UTC", time.time())
     ask = Ask(tokens=100, cost=1000, tpm=LIMITS.tpm, budget=10**15, period=month,
@@ -106,6 +108,7 @@ async def bench_store(store: LimitStore, n: int, concurrency: int,
 
 async def bench_stages(store: LimitStore, n: int, concurrency: int,
                        upstream_s: float) -> dict[str, list[float]]:
+    """Time whole requests through the admission and budget stages, and through none."""
     async def upstream(ctx: Context) -> Reply:
         ctx.scratch["upstream_s"] = random.uniform(0.5, 1.5) * upstream_s
         if upstream_s:
@@ -131,6 +134,7 @@ async def bench_stages(store: LimitStore, n: int, concurrency: int,
 
 
 async def main() -> None:
+    """Run every concurrency and upstream-time scenario on both stores and print them."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=5_000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])

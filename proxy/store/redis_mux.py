@@ -51,6 +51,7 @@ class _Protocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport to write to."""
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def send(self, packed: bytes) -> asyncio.Future[Reply]:
@@ -72,6 +73,7 @@ class _Protocol(asyncio.Protocol):
         self.outbox.clear()
 
     def data_received(self, data: bytes) -> None:
+        """Parse what arrived and hand each complete reply to the oldest waiter."""
         self.reader.feed(data)
         waiting = self.waiting
         while waiting:
@@ -110,6 +112,7 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Fail whatever still waits; the next command opens a new connection."""
         self.fail(RedisConnectionError(f"connection to redis lost: {exc or 'closed'}"))
 
 
