@@ -159,6 +159,7 @@ def test_budget_refusal_tells_the_sdk_not_to_retry(tmp_path: Path) -> None:
     assert err.value.code == "insufficient_quota"
     assert err.value.body["type"] == "insufficient_quota"
     assert err.value.response.headers["x-should-retry"] == "false"
+    assert f"of its ${to_usd(COST - 1):.6f} month budget" in err.value.message  # not $0.00
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])

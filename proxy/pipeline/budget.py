@@ -84,9 +84,10 @@ def _refusal(key: KeyConfig, ask: Ask, verdict: Verdict) -> RateLimited:
             f"{duration(verdict.retry_after)}.",
             headers={"Retry-After": retry_after(verdict.retry_after)})
     budget = to_usd(ask.budget or 0)
+    shown = f"{budget:,.2f}" if budget >= 0.01 else f"{budget:.6f}"  # not "$0.00" for cents
     return QuotaExceeded(
         f"You exceeded your current quota: key '{key.name}' has spent "
-        f"${to_usd(verdict.spent):.6f} of its ${budget:.2f} {key.budget_period} budget "
+        f"${to_usd(verdict.spent):.6f} of its ${shown} {key.budget_period} budget "
         f"(${to_usd(verdict.reserved):.6f} more is held by requests in flight) and this "
         f"request may cost up to ${to_usd(ask.cost):.6f}.",
         headers={"x-should-retry": "false"})
