@@ -1,6 +1,7 @@
 """Replay the coaching workload through the proxy and report what it saved.
 
     python bench/savings.py [--rules rules/config.toml] [--limit N] [--mode chat|threads]
+                            [--replicas N]
 
 chat mode: each user is one conversation, sent as a chat app does it: a system
 prompt, three tool definitions (~500 tokens), the whole growing history, model
@@ -9,12 +10,15 @@ per user, one run per message). The fake upstream answers; the ledger prices
 what was sent against what the app sent. Reported: share answered by each
 stage, the model mix, tokens sent vs as sent, cost vs baseline, and answers
 given where they should not have been (pattern replies to non-greetings, cache
-hits on context-dependent messages).
+hits on context-dependent messages). `--replicas N` (chat mode) runs N proxies over one
+store and sends each event to the next one in turn, as a load balancer would: the
+caches must then work across processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -80,16 +84,18 @@ def load_events(limit: int | None) -> list[dict[str, Any]]:
     return events[:limit] if limit else events
 
 
-def replay_chat(live: LiveProxy, events: list[dict[str, Any]], model: str) -> list[str]:
-    """Send every event as the chat app would; returns the answering stage per event.
+def replay_chat(lives: list[LiveProxy], events: list[dict[str, Any]], model: str) -> list[str]:
+    """Send every event as the chat app would (event i to proxy i mod N); returns the
+    answering stage per event.
 
     When the answer calls a tool, the app runs it and sends the result back (a second
     request for the same event, as a real app does).
     """
-    client = live.client()
+    clients = [live.client() for live in lives]
     histories: dict[str, list[dict[str, Any]]] = {}
     stages = []
-    for ev in events:
+    for i, ev in enumerate(events):
+        client = clients[i % len(clients)]
         history = histories.setdefault(ev["user"], [])
         history.append({"role": "user", "content": ev["text"]})
         first_stage = None
@@ -108,9 +114,12 @@ def replay_chat(live: LiveProxy, events: list[dict[str, Any]], model: str) -> li
     return stages
 
 
-def replay_threads(live: LiveProxy, events: list[dict[str, Any]], model: str) -> list[str]:
-    """One thread per user, one run per message, through the Assistants surface; tool
-    calls are answered with submit_tool_outputs. Returns the stage of each run's first turn."""
+def replay_threads(lives: list[LiveProxy], events: list[dict[str, Any]],
+                   model: str) -> list[str]:
+    """One thread per user, one run per message, through the Assistants surface (of the
+    first proxy); tool calls are answered with submit_tool_outputs. Returns the stage of
+    each run's first turn."""
+    live = lives[0]
     client = live.client()
     assistant = client.beta.assistants.create(model=model, instructions=SYSTEM,
                                               tools=TOOLS)  # type: ignore[arg-type]
@@ -209,18 +218,26 @@ def main() -> None:
     parser.add_argument("--model", default="gpt-4o",
                         help="model the app asks for: gpt-4o (routing off for explicit models "
                              "by default) or auto (the proxy routes; baseline still gpt-4o)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="proxies over one sqlite store, taking events in turn (chat)")
     parser.add_argument("--out", default=None, help="write the JSON summary here")
     args = parser.parse_args()
+    if args.replicas > 1 and args.mode != "chat":
+        parser.error("--replicas needs --mode chat")
     events = load_events(args.limit)
-    with tempfile.TemporaryDirectory() as tmp, \
-            LiveProxy(Path(tmp), rules=Path(args.rules).read_text()) as live:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        rules = Path(args.rules).read_text()
+        lives = [stack.enter_context(LiveProxy(Path(tmp), rules=rules))
+                 for _ in range(args.replicas)]
         start = time.perf_counter()
         replay = replay_chat if args.mode == "chat" else replay_threads
-        stages = replay(live, events, args.model)
+        stages = replay(lives, events, args.model)
         seconds = time.perf_counter() - start
-        rows = [r for r in live.ledger_rows()
+        for live in lives[1:]:  # every replica's rows are in the one database
+            live.run(live.services.ledger.flush())
+        rows = [r for r in lives[0].ledger_rows()
                 if r["source"] in (args.mode.rstrip("s"), "summary")]
-    summary = {"mode": args.mode, "model": args.model,
+    summary = {"mode": args.mode, "model": args.model, "replicas": args.replicas,
                **summarize(events, stages, rows, seconds)}
     text = json.dumps(summary, indent=2, ensure_ascii=False)
     print(text)
