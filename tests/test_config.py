@@ -27,6 +27,8 @@ SHA = "a" * 64
     ({"upstreams": UP, "storage": {"backend": "mongo"}}, "[storage] backend: expected one of"),
     ({"upstreams": UP, "storage": {"redis_url": "unix:///run/redis.sock"}},
      "[storage] redis_url: must be a redis:// or rediss:// URL"),
+    ({"upstreams": UP, "storage": {"ledger_stream_max": 10}},
+     "[storage] ledger_stream_max: must be >= 1000"),
     ({"upstreams": UP, "pricing": {"models": {"m": {"input": 1}}}}, "needs both input and output"),
 ])
 def test_invalid_config_is_refused_with_location(doc: dict[str, Any], message: str) -> None:
