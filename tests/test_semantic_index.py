@@ -163,3 +163,19 @@ async def test_an_unreadable_value_under_an_expired_key_is_a_miss(
     assert await held(one, "k") is None
     assert await one.kv.get(one.kv_namespace("alice"), "k") is None
     await one.aclose()
+
+
+async def test_eviction_follows_every_processs_hits(db: aiosqlite.Connection) -> None:
+    one, two = await process(db), await process(db)
+    one.max_entries = two.max_entries = 2
+    await one.add(entry("k1", "first", time.time()), None)
+    await one.add(entry("k2", "second", time.time()), None)
+    await two.catch_up()
+    [(hit, _)] = await two.search(SCOPE, vector(zlib.crc32(b"k1")), 1)
+    await two.touch(hit)  # k1 is used on two; one never saw that hit
+    await one.add(entry("k3", "third", time.time()), None)  # one over max_entries
+    await two.catch_up()
+    for process_entries in (one, two):
+        assert [await held(process_entries, k) for k in ("k1", "k2", "k3")] == [
+            "first", None, "third"]
+    await asyncio.gather(one.aclose(), two.aclose())

@@ -187,7 +187,7 @@ class SemanticCache:
             if why is None and self.judge is not None and similarity < self.judge.below:
                 why = await self.judge.differ(ctx, question, entry.text)
             if why is None:
-                self.entries.touch(entry)
+                await self.entries.touch(entry)
                 ctx.decide(self.name, "hit", f"similarity {similarity:.2f} to {entry.text!r}",
                            similarity=round(similarity, 4), matched=entry.text)
                 return self._reply(ctx, entry, similarity)

@@ -30,7 +30,7 @@ import orjson
 
 from proxy.embed import DIMENSIONS
 from proxy.pipeline.semantic_ann import IvfIndex
-from proxy.store.kv import FEED_PREFIX, KVStore
+from proxy.store.kv import FEED_PREFIX, KVStore, StoreError
 
 Scope = tuple[str, str, str, str]  # namespace, model, instructions hash, tool names
 INLINE_SEARCH_ROWS = 4096  # larger matrices are searched in a worker thread
@@ -375,24 +375,27 @@ class SemanticEntries:
         else:
             await self.kv.delete(ns, entry.key)
 
-    def touch(self, entry: Entry) -> None:
-        """Mark an entry as just used (it is evicted last)."""
+    async def touch(self, entry: Entry) -> None:
+        """Mark an entry as just used, here and in the store, whose order of use (every
+        process's hits) is the one evictions follow. A store that fails only costs the
+        entry its place in that order."""
         self._entries.get(entry.scope[0], OrderedDict()).move_to_end(entry.key, last=True)
+        try:
+            await self.kv.touch(self.kv_namespace(entry.scope[0]), entry.key)
+        except StoreError as exc:
+            log.warning("semantic cache could not mark %s as used: %s", entry.key, exc)
 
     async def add(self, entry: Entry, ttl: float | None) -> None:
-        """Store an entry, evicting the namespace's least recently used beyond max_entries."""
+        """Store an entry; beyond max_entries the store evicts the namespace's least
+        recently used (by every process's hits) and every process forgets them."""
         namespace = entry.scope[0]
         entries = self._entries.setdefault(namespace, OrderedDict())
         self._maybe_build(self._remember(entry))
-        await self.kv.put(self.kv_namespace(namespace), entry.key, entry.to_bytes(), ttl)
-        while len(entries) > self.max_entries:
-            _, oldest = next(iter(entries.items()))
-            await self.remove(oldest)
-
-    async def remove(self, entry: Entry) -> None:
-        """Forget one entry, here and in the store."""
-        self._forget(entry.scope[0], entry.key)
-        await self.kv.delete(self.kv_namespace(entry.scope[0]), entry.key)
+        ns = self.kv_namespace(namespace)
+        await self.kv.put(ns, entry.key, entry.to_bytes(), ttl)
+        if len(entries) > self.max_entries:
+            await self.kv.evict(ns, max_entries=self.max_entries)
+            await self.catch_up()  # forget here at once what the store evicted
 
     def count(self, namespace: str) -> int:
         """How many entries a namespace holds in memory."""
