@@ -38,7 +38,8 @@ from proxy.pipeline.core import Context, Pipeline, Reply, Usage
 from proxy.pricing import PriceTable
 from proxy.store.limits import Ask, Limits, LimitStore
 from proxy.store.limits_local import LocalLimits
-from proxy.store.limits_redis import RedisLimits, limits_client
+from proxy.store.limits_redis import RedisLimits
+from proxy.store.redis_client import fail_fast_client
 from proxy.store.redis_mux import RedisMux
 from proxy.store.spend import SqliteSpend
 from proxy.store.sqlite import open_db
@@ -145,7 +146,7 @@ async def main() -> None:
         db = await open_db(str(Path(tmp) / "bench.db"))
         local = LocalLimits(SqliteSpend(db))
         await local.start()
-        client = limits_client(args.redis_url, 1.0)
+        client = fail_fast_client(args.redis_url, 1.0)
         shared = RedisLimits(RedisMux(args.redis_url, 1.0), "bench-" + secrets.token_hex(4) + ":")
         await shared.start()
         print(f"{args.requests} requests per run, one hot key")

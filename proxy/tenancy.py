@@ -23,7 +23,8 @@ from proxy.store.keys import KeyStore, RedisKeyStore, SqliteKeyStore
 from proxy.store.limits import LimitStore
 from proxy.store.limits_failover import REDIS_DOWN, FailoverLimits
 from proxy.store.limits_local import LocalLimits
-from proxy.store.limits_redis import RedisLimits, limits_client
+from proxy.store.limits_redis import RedisLimits
+from proxy.store.redis_client import fail_fast_client
 from proxy.store.redis_mux import RedisMux
 from proxy.store.spend import SqliteSpend
 
@@ -79,7 +80,7 @@ async def start_tenancy(services: Services, session: aiohttp.ClientSession) -> N
     limits: LimitStore
     store: KeyStore
     if storage.backend == "redis":
-        client = limits_client(storage.redis_url, storage.redis_timeout)
+        client = fail_fast_client(storage.redis_url, storage.redis_timeout)
         where = storage.redis_url.rpartition("@")[2]
         shared = RedisLimits(RedisMux(storage.redis_url, storage.redis_timeout),
                              storage.redis_prefix)

@@ -11,7 +11,7 @@ from limits_support import redis_prefix  # noqa: F401  (fixture)
 
 from proxy.config import KeyConfig, hash_key
 from proxy.store.keys import KeyStore, RedisKeyStore, SqliteKeyStore
-from proxy.store.limits_redis import limits_client
+from proxy.store.redis_client import fail_fast_client
 from proxy.store.sqlite import open_db
 
 Factory = Callable[[], Awaitable[KeyStore]]
@@ -29,7 +29,7 @@ async def open_store(request: pytest.FixtureRequest, tmp_path: Path,
 
     async def open_one() -> KeyStore:
         if request.param == "redis":
-            client = limits_client("redis://127.0.0.1:6379/0", 1.0)
+            client = fail_fast_client("redis://127.0.0.1:6379/0", 1.0)
             closers.append(client.aclose)
             return RedisKeyStore(client, redis_prefix)
         db = await open_db(str(tmp_path / "proxy.db"))

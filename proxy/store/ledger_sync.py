@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 
 from proxy.config import StorageConfig
 from proxy.store.ledger import LedgerEntry
-from proxy.store.limits_redis import limits_client
+from proxy.store.redis_client import fail_fast_client
 from proxy.store.sqlite import open_db
 
 log = logging.getLogger("proxy.ledger")
@@ -214,7 +214,7 @@ async def start_ledger_sync(storage: StorageConfig) -> LedgerSync | None:
         log.warning("ledger rows are not shared across replicas: sqlite_path is :memory:")
         return None
     sync = LedgerSync(storage.sqlite_path,
-                      limits_client(storage.redis_url, storage.redis_timeout),
+                      fail_fast_client(storage.redis_url, storage.redis_timeout),
                       storage.redis_prefix, max_stream=storage.ledger_stream_max)
     await sync.start()
     return sync

@@ -17,10 +17,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from proxy.periods import Period
 from proxy.store.limits import ALL_KEYS, WINDOW_SECONDS, Ask, Limits, Settled, Verdict, Window
 from proxy.store.redis_mux import RedisMux
@@ -132,14 +128,6 @@ if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[6], ARGV[4]) end
 redis.call('EXPIRE', KEYS[7], ARGV[5])
 return {spent, day}
 """
-
-
-def limits_client(url: str, timeout: float) -> Redis:
-    """A pooled Redis client with short socket timeouts and no retries (a dead Redis must
-    fail fast; the failover policy decides what then), for the key store."""
-    pool = ConnectionPool.from_url(url, max_connections=1024, socket_timeout=timeout,
-                                   socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
-    return Redis(connection_pool=pool)
 
 
 def _ttl(period: Period) -> int:
