@@ -30,6 +30,7 @@ import orjson
 
 from proxy.embed import DIMENSIONS
 from proxy.pipeline.semantic_ann import IvfIndex
+from proxy.store.cache_entries import SizeLimits
 from proxy.store.kv import FEED_PREFIX, KVStore, StoreError
 
 Scope = tuple[str, str, str, str]  # namespace, model, instructions hash, tool names
@@ -186,6 +187,16 @@ class VectorIndex:
         return [(self.keys[i], float(scores[i])) for i in top]
 
 
+def read_entry(namespace: str, key: str, raw: bytes) -> Entry | None:
+    """The stored entry, or None (logged) when it cannot be read: another format, another
+    embedding size. Such an entry is skipped, never served."""
+    try:
+        return Entry.from_bytes(key, raw)
+    except (KeyError, ValueError, TypeError) as exc:
+        log.error("semantic cache skips stored entry %s/%s: %s", namespace, key, exc)
+        return None
+
+
 class SemanticEntries:
     """Every namespace's entries, indexed per scope, persisted through the KV store."""
 
@@ -230,13 +241,8 @@ class SemanticEntries:
         ns = self.kv_namespace(namespace)
         async with self._loading:
             cursor = await self.kv.feed_cursor(ns)  # taken first: what changes during the scan
-            loaded = []
-            async for key, raw in self.kv.scan(ns):
-                try:
-                    loaded.append(Entry.from_bytes(key, raw))
-                except (KeyError, ValueError, TypeError) as exc:  # unreadable: skip it
-                    log.error("semantic cache skips stored entry %s/%s: %s", namespace, key,
-                              exc)
+            loaded = [entry async for key, raw in self.kv.scan(ns)
+                      if (entry := read_entry(namespace, key, raw)) is not None]
         self._entries.setdefault(namespace, OrderedDict())
         for entry in sorted(loaded, key=lambda e: e.created):
             self._remember(entry)
@@ -291,11 +297,7 @@ class SemanticEntries:
                     await self._reload(namespace)
                     continue
                 for op, key in changes.changes:
-                    try:
-                        await self._apply(namespace, op, key)
-                    except (KeyError, ValueError, TypeError) as exc:  # unreadable: skip it
-                        log.error("semantic cache skips stored entry %s/%s: %s", namespace,
-                                  key, exc)
+                    await self._apply(namespace, op, key)
                 self._cursors[namespace] = changes.cursor
                 more = more or changes.more
             if not more:
@@ -304,10 +306,10 @@ class SemanticEntries:
     async def _apply(self, namespace: str, op: str, key: str) -> None:
         """Follow one change: index what was stored (or replaced), drop what went."""
         raw = None if op == "delete" else await self.kv.get(self.kv_namespace(namespace), key)
-        if raw is None:
+        entry = None if raw is None else read_entry(namespace, key, raw)
+        if entry is None:
             self._forget(namespace, key)
             return
-        entry = Entry.from_bytes(key, raw)
         held = self._entries.get(namespace, OrderedDict()).get(key)
         if held is not None and held.created == entry.created:
             return  # our own write, or one we already follow
@@ -366,10 +368,7 @@ class SemanticEntries:
         namespace, ns = entry.scope[0], self.kv_namespace(entry.scope[0])
         self._forget(namespace, entry.key)
         raw = await self.kv.get(ns, entry.key)
-        try:
-            newer = Entry.from_bytes(entry.key, raw) if raw is not None else None
-        except (KeyError, ValueError, TypeError):  # unreadable: it goes too
-            newer = None
+        newer = None if raw is None else read_entry(namespace, entry.key, raw)
         if newer is not None and newer.created != entry.created:
             self._maybe_build(self._remember(newer))
         else:
@@ -387,14 +386,16 @@ class SemanticEntries:
 
     async def add(self, entry: Entry, ttl: float | None) -> None:
         """Store an entry; beyond max_entries the store evicts the namespace's least
-        recently used (by every process's hits) and every process forgets them."""
+        recently used (by every process's hits) down to 90%, and every process forgets
+        them."""
         namespace = entry.scope[0]
         entries = self._entries.setdefault(namespace, OrderedDict())
         self._maybe_build(self._remember(entry))
         ns = self.kv_namespace(namespace)
         await self.kv.put(ns, entry.key, entry.to_bytes(), ttl)
-        if len(entries) > self.max_entries:
-            await self.kv.evict(ns, max_entries=self.max_entries)
+        limits = SizeLimits(max_entries=self.max_entries)
+        if limits.exceeded_by(len(entries), 0):  # down to 90%: not an eviction per write
+            await self.kv.evict(ns, *limits.low_water())
             await self.catch_up()  # forget here at once what the store evicted
 
     def count(self, namespace: str) -> int:
