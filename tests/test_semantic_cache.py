@@ -276,3 +276,19 @@ def test_entries_stored_or_purged_by_one_process_reach_the_others(
         assert gone, "the other process kept serving a purged entry"
         reply = ask(two, PARAPHRASE)
         assert reply.headers["x-proxy-stage"] == "upstream"
+
+
+def test_eviction_keeps_what_another_process_keeps_hitting(tmp_path: Path) -> None:
+    rules = RULES + "max_entries = 2\n"
+    kettle, boiling = "how do I descale an electric kettle?", "why does pasta water boil over?"
+    with LiveProxy(tmp_path, rules=rules) as one, LiveProxy(tmp_path, rules=rules) as two:
+        ask(one, QUESTION)
+        ask(one, kettle)
+        assert until(lambda: semantic_decision(two, PARAPHRASE)["action"] == "hit")
+        assert ask(two, PARAPHRASE).headers["x-proxy-stage"] == "semantic_cache"  # a hit on two
+        ask(one, boiling)  # over max_entries on one: the least recently used anywhere goes
+        assert until(lambda: semantic_decision(two, "how can I descale an electric kettle")[
+            "action"] == "miss")
+        assert semantic_decision(two, PARAPHRASE)["action"] == "hit"
+        assert semantic_decision(one, PARAPHRASE)["action"] == "hit"
+        assert semantic_decision(one, "how can I descale an electric kettle")["action"] == "miss"
