@@ -39,6 +39,8 @@ DIMENSIONS = 384
 WORD_CACHE_SIZE = 20_000
 SUB_BATCH = {"float32": 8, "bfloat16": 32}
 _models: dict[str, Any] = {}
+# embed_cached's memory, one per model and precision, shared by the process's embedders
+_SHARED_CACHES: dict[tuple[str | None, str], OrderedDict[str, np.ndarray]] = {}
 _models_lock = threading.Lock()
 
 
@@ -100,7 +102,7 @@ class Embedder:
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.encode_calls = 0
-        self._cached: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cached = _SHARED_CACHES.setdefault((model_path, self.dtype), OrderedDict())
         self._model: Any = None
         self._queue: asyncio.Queue[tuple[str, asyncio.Future[np.ndarray]]] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
@@ -145,7 +147,8 @@ class Embedder:
         return np.stack(rows)
 
     async def embed_cached(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """Embeddings of short, often repeated texts (single words), remembered (LRU)."""
+        """Embeddings of often repeated texts (words, training examples), remembered (LRU,
+        shared by the process's embedders of the same model and precision)."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._cached))
         for text, vector in zip(missing, await self.embed_many(missing)):
             self._cached[text] = vector

@@ -14,7 +14,10 @@ import pytest
 from proxy.pipeline.exact_cache import exact_entries
 from proxy.testing import LiveProxy, admin_call
 
-RULES = 'pipeline = ["exact_cache"]\n[exact_cache]\n'
+# These tests are about the cache's mechanics on any message: answers are shared across
+# users whatever the message (`share = "all"`); context-safe sharing has its own tests
+# (test_context_safe_e2e.py).
+RULES = 'pipeline = ["exact_cache"]\n[exact_cache]\nshare = "all"\n'
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ASK = [{"role": "user", "content": "What is a good morning routine?"}]
 WEATHER_TOOL = {"type": "function", "function": {

@@ -9,9 +9,11 @@ import pytest
 
 from proxy.auth import Tenant
 from proxy.config import KeyConfig, Section, load_rules_doc
+from proxy.embed import Embedder
 from proxy.errors import PermissionDenied
 from proxy.pipeline.core import Decision
 from proxy.pipeline.route import RouteRules, RouteStage, parse_rules
+from proxy.pipeline.standalone import ContextClassifier, MessageAnalyzer, packaged_examples
 from proxy.pricing import PriceTable
 from proxy.testing import make_context, upstream_stub
 
@@ -23,8 +25,11 @@ def rules_of(table: dict[str, Any]) -> RouteRules:
 
 
 def default_stage() -> RouteStage:
+    """The shipped route rules, with the analyzer their example rules need."""
+    embedder = Embedder()
+    analyzer = MessageAnalyzer(embedder, ContextClassifier(embedder, packaged_examples(), 0.02))
     return RouteStage(parse_rules(load_rules_doc(ROOT / "rules" / "config.toml")
-                                  .section("route")), "UTC", PriceTable())
+                                  .section("route")), "UTC", PriceTable(), analyzer)
 
 
 def conversation(text: str, earlier_user_turns: int = 5) -> list[dict[str, str]]:
@@ -49,16 +54,16 @@ async def route(stage: RouteStage, model: str, text: str, earlier_user_turns: in
     [
         ("auto", "hi there", 0, {}, None, "gpt-4o", "first-messages"),
         ("auto", "hi there", 2, {}, None, "gpt-4o", "first-messages"),
-        ("auto", "feeling tired today", 3, {}, None, "gpt-4o-mini", "short-simple"),
-        ("auto", "Why do I keep failing?", 5, {}, None, "gpt-4o", "depth"),
-        ("auto", "help me plan my week", 5, {}, None, "gpt-4o", "depth"),
-        ("auto", "what patterns do you see in my week", 5, {}, None, "gpt-4o", "depth"),
+        ("auto", "feeling tired today", 3, {}, None, "gpt-4o-mini", "simple"),
+        ("auto", "Why do I keep failing?", 5, {}, None, "gpt-4o", "needs-depth"),
+        ("auto", "help me plan my week", 5, {}, None, "gpt-4o", "needs-depth"),
+        ("auto", "what patterns do you see in my week", 5, {}, None, "gpt-4o", "needs-depth"),
         ("auto", " ".join(["word"] * 70), 5, {}, None, "gpt-4o", "long-message"),
-        ("coach", "feeling tired today", 5, {}, None, "gpt-4o-mini", "short-simple"),
+        ("coach", "feeling tired today", 5, {}, None, "gpt-4o-mini", "simple"),
         ("auto", "hi", 0, {}, {"x-proxy-optimize-for": "cost"}, "gpt-4o-mini", "optimize-cost"),
         ("auto", "hi", 5, {"metadata": {"optimize_for": "quality"}}, None, "gpt-4o",
          "optimize-quality"),
-        ("auto", " ".join(["so"] * 40), 5, {}, None, "gpt-4o-mini", "default"),
+        ("auto", " ".join(["so"] * 40), 5, {}, None, "gpt-4o-mini", "simple"),
     ],
 )
 async def test_default_rules_route_the_coaching_app(
@@ -128,3 +133,10 @@ async def test_alias_requests_are_priced_at_the_dearest_model_they_can_reach() -
     ctx = make_context({"model": "auto", "messages": [{"role": "user", "content": "ok"}]})
     await stage(ctx, upstream_stub)
     assert ctx.baseline_model == "gpt-4o"
+
+
+async def test_no_rule_matching_falls_back_to_the_alias_default() -> None:
+    rules = parse_rules(Section({"aliases": {"auto": "gpt-4o-mini"}, "rules": [
+        {"name": "long", "model": "gpt-4o", "when": {"min_words": 60}}]}, "rules.toml", "route"))
+    used, decision = await route(RouteStage(rules, "UTC", PriceTable()), "auto", "so so so")
+    assert (used, decision.data["rule"], decision.action) == ("gpt-4o-mini", "default", "default")

@@ -93,5 +93,6 @@ def test_route_decision_is_in_the_ledger_trace(coach: LiveProxy) -> None:
                                            messages=later_turn("help me plan my week"))
     trace = json.loads(coach.ledger_rows()[-1]["trace"])
     decision = next(d for d in trace if d["stage"] == "route")
-    assert decision["rule"] == "depth" and decision["to_model"] == "gpt-4o"
-    assert decision["confidence"] == 0.7
+    assert decision["rule"] == "needs-depth" and decision["to_model"] == "gpt-4o"
+    assert decision["nearest"] and decision["margin"] >= 0.01  # explained by its examples
+    assert decision["confidence"] == 0.75

@@ -20,8 +20,10 @@ from proxy.testing import LiveProxy, admin_call
 from proxy.upstream.fake import FakeUpstream
 
 RULES = 'pipeline = ["semantic_cache"]\n[semantic_cache]\n'
-QUESTION = "How many grams of protein are in a cup of greek yogurt?"
-PARAPHRASE = "How much protein does a cup of greek yogurt have?"
+# Both stand alone (the classifier admits them) and the pair model accepts the pair.
+QUESTION = "Is running bad for your knees?"
+PARAPHRASE = "Does running ruin your knees in the long run?"
+CAFFEINE = "How much caffeine is in a cup of coffee?"
 
 
 def ask(live: LiveProxy, text: str, key: str = "alice", history: list[Any] | None = None,
@@ -57,11 +59,12 @@ def test_paraphrase_is_answered_from_the_cache(semantic: LiveProxy) -> None:
 
 
 @pytest.mark.parametrize(("stored", "variant"), [
-    (QUESTION, "How many grams of protein are in 3 cups of greek yogurt?"),
-    (QUESTION, "How many grams of protein are in a cup of greek yogurt without toppings?"),
+    (CAFFEINE, "How much caffeine is in 3 cups of coffee?"),
+    (QUESTION, "Is running 3 times a week bad for your knees?"),
+    (CAFFEINE, "How much caffeine is in a cup of coffee without milk?"),
     ("How can I increase the protein in my breakfast?",
      "How can I reduce the protein in my breakfast?"),
-    (QUESTION, "How many grams of protein are in a cup of cottage cheese?"),
+    (CAFFEINE, "How much caffeine is in a cup of green tea?"),
 ])
 def test_changed_number_negation_opposite_or_thing_is_a_miss(semantic: LiveProxy, stored: str,
                                                              variant: str) -> None:
@@ -269,7 +272,7 @@ def test_entries_stored_or_purged_by_one_process_reach_the_others(
         ask(one, QUESTION)
         hit = until(lambda: semantic_decision(two, PARAPHRASE)["action"] == "hit")
         assert hit, "the other process never saw the stored entry"
-        assert "greek yogurt" in str(semantic_decision(two, PARAPHRASE))  # one's question
+        assert "knees" in str(semantic_decision(two, PARAPHRASE))  # one's question
         status, purged = admin_call(one, "DELETE", "/v1/proxy/cache/alice")
         assert status == 200 and purged["purged"]["semantic_entries"] == 1
         gone = until(lambda: semantic_decision(two, PARAPHRASE)["action"] == "miss")

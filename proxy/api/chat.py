@@ -23,6 +23,13 @@ def reply_headers(ctx: Context, reply: Reply) -> dict[str, str]:
     headers["x-proxy-request-id"] = ctx.request_id
     headers["x-proxy-stage"] = reply.stage
     headers["x-proxy-model"] = reply.model or ctx.model
+    route = next((d for d in reversed(ctx.trace)
+                  if d.stage == "route" and d.action != "shadow"), None)
+    if route is not None:
+        margin = route.data.get("margin")
+        name = str(route.data.get("rule") or route.action).encode("ascii", "replace").decode()
+        headers["x-proxy-route"] = name + (f"; margin={margin:.3f}" if margin is not None
+                                           else "")
     return headers
 
 

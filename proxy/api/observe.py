@@ -81,7 +81,8 @@ async def get_stats(request: web.Request) -> web.Response:
 async def get_routing_metrics(request: web.Request) -> web.Response:
     """`GET /v1/proxy/routing/metrics`: route decisions by rule and confidence, with cost."""
     window = window_of(request)
-    return _json(await routing_metrics(await _reader(request), window))
+    return _json(await routing_metrics(await _reader(request), window,
+                                       request.app[SERVICES].prices))
 
 
 async def get_recommendations(request: web.Request) -> web.Response:

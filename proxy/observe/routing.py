@@ -13,6 +13,7 @@ import aiosqlite
 
 from proxy.observe.stats import fetch, savings
 from proxy.observe.window import Window
+from proxy.pricing import PriceTable
 
 _DECISIONS = """
 SELECT json_extract(d.value, '$.rule') AS rule,
@@ -26,9 +27,47 @@ SELECT json_extract(d.value, '$.rule') AS rule,
 FROM (SELECT trace, cost_usd, baseline_usd FROM ledger
       WHERE {where} AND trace LIKE '%"stage":"route"%') AS l,
      json_each(CASE WHEN json_valid(l.trace) THEN l.trace ELSE '[]' END) AS d
-WHERE json_extract(d.value, '$.stage') = 'route'
+WHERE json_extract(d.value, '$.stage') = 'route' AND json_extract(d.value, '$.action') != 'shadow'
 GROUP BY rule, action, bucket, from_model, to_model
 """
+
+
+_SHADOW = """
+SELECT json_extract(d.value, '$.stage') AS stage,
+       json_extract(d.value, '$.rule') AS rule,
+       json_extract(d.value, '$.mode') AS mode,
+       json_extract(d.value, '$.would_model') AS would_model,
+       COUNT(*), SUM(l.cost_usd), SUM(l.prompt_tokens), SUM(l.completion_tokens)
+FROM (SELECT trace, cost_usd, prompt_tokens, completion_tokens FROM ledger
+      WHERE {where} AND trace LIKE '%"action":"shadow"%') AS l,
+     json_each(CASE WHEN json_valid(l.trace) THEN l.trace ELSE '[]' END) AS d
+WHERE json_extract(d.value, '$.action') = 'shadow'
+GROUP BY stage, rule, mode, would_model
+"""
+
+
+async def shadow_metrics(db: aiosqlite.Connection, window: Window,
+                         prices: PriceTable) -> dict[str, dict[str, Any]]:
+    """What rules in shadow (or the shadow side of a split) would have done, per rule:
+    how often they held, the cost of those requests as they went, and what they would
+    have cost had the rule acted (a pattern answer costs nothing; a route is priced at
+    the model it would have chosen, same tokens)."""
+    where, args = window.where()
+    table: dict[str, dict[str, Any]] = {}
+    for stage, rule, mode, would_model, calls, cost, prompt, completion in await fetch(
+            db, _SHADOW.format(where=where), args):
+        would_cost = prices.cost(would_model, prompt or 0, completion or 0) \
+            if would_model else 0.0
+        slot = table.setdefault(f"{stage}:{rule}", {
+            "stage": stage, "rule": rule, "mode": mode, "would_have_held": 0,
+            "cost_usd": 0.0, "would_cost_usd": 0.0, "would_models": {}})
+        slot["would_have_held"] += calls
+        slot["cost_usd"] += cost or 0.0
+        slot["would_cost_usd"] += would_cost
+        if would_model:
+            slot["would_models"][would_model] = slot["would_models"].get(would_model, 0) + calls
+    return {key: {**slot, "would_save_usd": slot["cost_usd"] - slot["would_cost_usd"]}
+            for key, slot in sorted(table.items())}
 
 
 def bucket_label(bucket: int | None) -> str:
@@ -53,8 +92,10 @@ def _finish(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             for key, slot in sorted(table.items())}
 
 
-async def routing_metrics(db: aiosqlite.Connection, window: Window) -> dict[str, Any]:
-    """Route decisions by rule, by confidence bucket and by model pair, with their cost."""
+async def routing_metrics(db: aiosqlite.Connection, window: Window,
+                          prices: PriceTable) -> dict[str, Any]:
+    """Route decisions by rule, by confidence bucket and by model pair, with their cost,
+    and what shadow rules would have done (`shadow`)."""
     where, args = window.where()
     by_rule: dict[str, dict[str, Any]] = {}
     by_confidence: dict[str, dict[str, Any]] = {}
@@ -73,4 +114,5 @@ async def routing_metrics(db: aiosqlite.Connection, window: Window) -> dict[str,
         actions[str(action)] = actions.get(str(action), 0) + calls
     return {**window.to_dict(), "by_rule": _finish(by_rule),
             "by_confidence": _finish(by_confidence), "by_outcome": _finish(by_outcome),
-            "model_pairs": _finish(pairs), "actions": actions}
+            "model_pairs": _finish(pairs), "actions": actions,
+            "shadow": await shadow_metrics(db, window, prices)}

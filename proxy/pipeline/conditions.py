@@ -20,6 +20,7 @@ sides parse as numbers.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import operator
 import re
@@ -72,6 +73,42 @@ def parse_timezone(section: Section, key: str, default: str | None) -> str | Non
             raise section.error(f"unknown time zone {name!r} (use an IANA name such as "
                                 "'Europe/Berlin')", key) from None
     return name
+
+
+MODES = ("act", "shadow", "split")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleMode:
+    """How a rule that holds takes effect: `act`; `shadow` (evaluated and recorded, never
+    acting, so a new rule is measured on live traffic first); or `split` (acts for
+    `percent`% of requests, chosen by a stable hash of the request id, shadow for the rest:
+    an A/B test)."""
+
+    kind: str = "act"
+    percent: float = 100.0
+
+    def acts(self, request_id: str, rule: str) -> bool:
+        """True when the rule takes effect for this request."""
+        if self.kind != "split":
+            return self.kind == "act"
+        digest = hashlib.blake2b(f"{rule}:{request_id}".encode(), digest_size=4).digest()
+        return int.from_bytes(digest, "big") % 10_000 < self.percent * 100
+
+
+def parse_mode(section: Section) -> RuleMode:
+    """A rule's `mode` ("act", "shadow", "split") and, for split, `percent` (0-100)."""
+    kind = section.choice("mode", MODES, "act")
+    percent = section.float("percent", 100.0 if kind == "act" else 0.0, minimum=0.0)
+    if percent > 100.0:
+        raise section.error(f"must be between 0 and 100, got {percent}", "percent")
+    if kind == "split" and "percent" not in section.table:
+        raise section.error("mode = \"split\" needs percent (0-100): the share of "
+                            "requests the rule acts on", "percent")
+    if kind != "split" and "percent" in section.table:
+        raise section.error(f"percent only applies to mode = \"split\", not {kind!r}",
+                            "percent")
+    return RuleMode(kind, percent)
 
 
 def parse_named_rules(section: Section, parse_one: Callable[[Section], T | None]) -> list[T]:

@@ -18,6 +18,7 @@ import orjson
 
 if TYPE_CHECKING:
     from proxy.auth import Tenant
+    from proxy.pipeline.standalone import LastMessage
 
 
 @dataclass(slots=True)
@@ -78,6 +79,8 @@ class Context:
     dry_run: bool = False
     source: str = "chat"
     scratch: dict[str, Any] = field(default_factory=dict)
+    analyzed: bool = False
+    last_message: LastMessage | None = None
 
     def __post_init__(self) -> None:
         if not self.requested_model:

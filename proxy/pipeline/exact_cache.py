@@ -8,6 +8,14 @@ identity (`user`, `safety_identifier`, `metadata`) enters it only when a rule
 makes entries user-specific (`per_user`). Unknown fields always enter it: a
 new parameter costs hits, never correctness.
 
+Shared across the key's users only when the last message stands alone
+(`share = "standalone"`, the default): an answer to "so what's step two?" or "am
+I making progress?" depends on who asks, so it is stored under a key that also
+holds the caller's identity (`user`, `safety_identifier`, `metadata`), and not
+at all when the request carries none. The standalone classifier runs when the
+answer is stored, never on a lookup: a lookup tries the shared key, then the
+caller's own. `share = "all"` shares every answer, as before.
+
 Stored: single-choice upstream answers that finished (`stop`, and `length` when
 `cache_truncated`: the key holds max_tokens, so the same request would be cut
 at the same place), without tool calls unless `cache_tool_calls`. Never stored:
@@ -32,6 +40,7 @@ from proxy.config import Section
 from proxy.pipeline.cache_control import HEADER, CacheDirectives, unstorable
 from proxy.pipeline.core import Context, Next, Reply, Usage
 from proxy.pipeline.replies import completion_id, free_reply, tap_stream
+from proxy.pipeline.standalone import MessageAnalyzer, analyzer_of
 from proxy.store.cache_entries import CacheEntries, SizeLimits
 from proxy.store.kv import StoreError
 
@@ -44,7 +53,8 @@ NOT_IN_KEY = frozenset({"model", "stream", "stream_options", "store", "service_t
 IDENTITY_FIELDS = frozenset({"user", "safety_identifier", "metadata"})
 OFF_LOOP_BYTES = 256 * 1024
 _POLICY_FIELDS = {"enabled", "ttl_seconds", "per_user", "cache_sampled", "cache_tool_calls",
-                  "cache_truncated", "max_user_messages"}
+                  "cache_truncated", "max_user_messages", "share"}
+SHARE = ("standalone", "all")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,7 @@ class Policy:
     cache_tool_calls: bool = False
     cache_truncated: bool = True
     max_user_messages: int = 4
+    share: str = "standalone"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +110,7 @@ def _parse_policy(s: Section, base: Policy, user_ttl: float) -> Policy:
         cache_tool_calls=s.bool("cache_tool_calls", base.cache_tool_calls),
         cache_truncated=s.bool("cache_truncated", base.cache_truncated),
         max_user_messages=s.int("max_user_messages", base.max_user_messages, minimum=1),
+        share=s.choice("share", SHARE, base.share),
     )
 
 
@@ -167,9 +179,11 @@ class ExactCache:
 
     name = NAME
 
-    def __init__(self, rules: Rules, entries: CacheEntries) -> None:
+    def __init__(self, rules: Rules, entries: CacheEntries,
+                 analyzer: MessageAnalyzer | None = None) -> None:
         self.rules = rules
         self.entries = entries
+        self.analyzer = analyzer
 
     async def __call__(self, ctx: Context, call_next: Next) -> Reply:
         policy = self.rules.policy_for(ctx.requested_model, ctx.tenant.name)
@@ -178,12 +192,15 @@ class ExactCache:
         if why_not:
             ctx.decide(self.name, "skip", why_not)
             return _marked(await call_next(ctx), "bypass")
-        key = await self._key(ctx, policy)
+        key = await self._key(ctx, policy.per_user)
+        own = await self._key(ctx, True) if self._scoped(ctx, policy) else None
+        keys = [k for k in (key, own) if k is not None]
         namespace = ctx.tenant.namespace
         if directives.refresh and not ctx.dry_run:
-            self.entries.delete(namespace, key)
+            for k in keys:
+                self.entries.delete(namespace, k)
         if directives.read:
-            hit = await self._lookup(ctx, namespace, key)
+            hit = await self._lookup(ctx, namespace, keys)
             if hit is not None:
                 return hit
         else:
@@ -191,29 +208,58 @@ class ExactCache:
         reply = _marked(await call_next(ctx), "miss" if directives.read else "bypass")
         if not directives.store or ctx.dry_run:
             return reply
-        if reply.is_stream and reply.chunks is not None:
-            async def store(completion: dict[str, Any]) -> None:
-                self._store(ctx, reply, completion, key, policy)
 
+        async def store(completion: Any) -> None:
+            chosen = await self._store_key(ctx, policy, key, own)
+            if chosen is not None:
+                self._store(ctx, reply, completion, chosen, policy)
+
+        if reply.is_stream and reply.chunks is not None:
             reply.chunks = tap_stream(reply.chunks, reply, store)
         else:
-            self._store(ctx, reply, _json_or_none(reply), key, policy)
+            await store(_json_or_none(reply))
         return reply
 
-    async def _key(self, ctx: Context, policy: Policy) -> str:
-        args = (ctx.body, ctx.tenant.namespace, ctx.requested_model, policy.per_user)
+    def _scoped(self, ctx: Context, policy: Policy) -> bool:
+        """True when answers may be kept per caller: sharing depends on the message and
+        the request names who asks."""
+        return (policy.share == "standalone" and not policy.per_user
+                and any(ctx.body.get(f) for f in IDENTITY_FIELDS))
+
+    async def _store_key(self, ctx: Context, policy: Policy, shared: str,
+                         own: str | None) -> str | None:
+        """Where to store the answer: the shared key for a standalone message, else the
+        caller's own key; None (decision recorded) when there is no caller to scope it to."""
+        if policy.share == "all" or policy.per_user or self.analyzer is None:
+            return shared
+        message = await self.analyzer.analyze(ctx)
+        if message is not None and message.verdict.standalone:
+            return shared
+        if own is not None:
+            return own
+        why = message.verdict.why if message is not None else "not a plain-text user message"
+        ctx.decide(self.name, "not_stored", f"not shared ({why}) and the request names no "
+                   "user to keep it for (user, safety_identifier or metadata)")
+        return None
+
+    async def _key(self, ctx: Context, per_user: bool) -> str:
+        args = (ctx.body, ctx.tenant.namespace, ctx.requested_model, per_user)
         if len(ctx.raw or b"") > OFF_LOOP_BYTES:
             return await asyncio.to_thread(request_key, *args)
         return request_key(*args)
 
-    async def _lookup(self, ctx: Context, namespace: str, key: str) -> Reply | None:
+    async def _lookup(self, ctx: Context, namespace: str, keys: list[str]) -> Reply | None:
+        value = None
         try:
-            value = await self.entries.get(namespace, key)
+            for key in keys:
+                value = await self.entries.get(namespace, key)
+                if value is not None:
+                    break
         except StoreError as exc:
             ctx.decide(self.name, "miss", f"store unavailable: {exc}", key=key[:16])
             return None
         if value is None:
-            ctx.decide(self.name, "miss", "no stored answer for this request", key=key[:16])
+            ctx.decide(self.name, "miss", "no stored answer for this request", key=keys[0][:16])
             return None
         try:
             entry = orjson.loads(value)
@@ -266,7 +312,10 @@ def _json_or_none(reply: Reply) -> Any:
 
 def build(rules: Rules, services: Services) -> ExactCache:
     """The stage; its entries (and their writer) live in services.state across reloads."""
-    return ExactCache(rules, exact_entries(services))
+    policies = (rules.default, *(o.policy for o in rules.overrides))
+    needs_analyzer = any(p.share == "standalone" and not p.per_user for p in policies)
+    return ExactCache(rules, exact_entries(services),
+                      analyzer_of(services) if needs_analyzer else None)
 
 
 def exact_entries(services: Services) -> CacheEntries:

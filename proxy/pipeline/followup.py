@@ -13,6 +13,8 @@ from __future__ import annotations
 import difflib
 import re
 
+import numpy as np
+
 from proxy.pipeline.paraphrase import clean_text, features, tokens
 
 _QUESTION_STARTS = frozenset(
@@ -145,3 +147,32 @@ def _spelled(word: str) -> str:
     if len(word) >= 4 and word not in _KEYWORDS:
         return next((k for k in _KEYWORDS if _near(word, k)), word)
     return word
+
+
+SIGNALS = ("short", "joined", "continues", "rework", "history", "about_me", "points_back",
+           "question", "first_person", "no_subject", "question_mark", "long")
+
+
+def signals(text: str) -> np.ndarray:
+    """The rules above as evidence for a learned classifier: one 0/1 feature per check
+    (in `SIGNALS` order), each computed on its own rather than first-match-wins."""
+    cleaned = clean_text(text)
+    joined = _CONNECTOR.match(cleaned)
+    rest = cleaned[joined.end():] if joined else cleaned
+    words = [_spelled(w) for w in tokens(rest)]
+    plain = " ".join(words)
+    return np.array([
+        len(words) < MIN_WORDS,
+        bool(joined) and bool(words) and words[0] not in _QUESTION_STARTS,
+        bool(_CONTINUES.search(plain)),
+        bool(_REWORK.search(plain)),
+        bool(_HISTORY.search(plain)),
+        bool(_ABOUT_ME.search(plain)),
+        bool(_POINTING_ONE.search(plain) or _POINTERS.intersection(words)
+             or (words and _points_back(words))),
+        is_question(rest),
+        bool(_FIRST_PERSON.intersection(words)),
+        not features(rest).content,
+        "?" in text,
+        len(words) > 25,
+    ], dtype=np.float32)

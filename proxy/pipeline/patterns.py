@@ -33,7 +33,9 @@ from proxy import tokens
 from proxy.config import Section
 from proxy.pipeline.conditions import (
     Conditions,
+    RuleMode,
     parse_conditions,
+    parse_mode,
     parse_named_rules,
     parse_regex,
     parse_timezone,
@@ -47,7 +49,7 @@ from proxy.services import Services
 REPLY_STAGE = "pattern"
 PICKS = ("random", "rotate")
 _RULE_FIELDS = {"name", "enabled", "phrases", "typos", "keyword_sets", "regex", "replies",
-                "pick", "when"}
+                "pick", "when", "mode", "percent"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,7 @@ class PatternRule:
     replies: tuple[CannedReply, ...]
     pick: str
     when: Conditions
+    mode: RuleMode = RuleMode()
 
     def matches_text(self, facts: RequestFacts) -> bool:
         """True when the message is one of the phrases, has a keyword set, or fits the regex."""
@@ -169,6 +172,7 @@ def _parse_rule(section: Section) -> PatternRule | None:
         replies=tuple(_parse_reply(section, i, t) for i, t in enumerate(texts)),
         pick=section.choice("pick", PICKS, "random"),
         when=parse_conditions(section, question=False),
+        mode=parse_mode(section),
     )
     return rule if section.bool("enabled", True) else None
 
@@ -231,6 +235,10 @@ class PatternStage:
             if rule.when.needs_tokens:
                 await facts.settle_prompt_tokens(rule.when)
             if rule.when.holds(facts):
+                if not rule.mode.acts(ctx.request_id, rule.name):
+                    ctx.decide(self.name, "shadow", f"rule {rule.name!r} would answer",
+                               rule=rule.name, mode=rule.mode.kind, would="answer")
+                    continue
                 content = self._pick(rule, facts.metadata, advance=not ctx.dry_run)
                 if content is not None:
                     ctx.decide(self.name, "answer", f"rule {rule.name!r} matched", rule=rule.name)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.config import ConfigError, RulesDoc, load_rules_doc
 from proxy.pipeline.core import Next, Pipeline, Stage
+from proxy.pipeline.standalone import parse_context_rules
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -50,12 +51,17 @@ def parse_stage_rules(doc: RulesDoc) -> list[tuple[ModuleType, Any]]:
             raise ConfigError(doc.path, "pipeline", f"unknown stage {name!r}; known: {known}")
         module = importlib.import_module(STAGE_MODULES[name])
         parsed.append((module, module.parse_rules(doc.section(name))))
+    parse_context_rules(doc.section("context"))
     return parsed
 
 
 def build_stages(doc: RulesDoc, services: Services) -> list[Stage]:
-    """Build every stage named in the rule file's `pipeline`, in order."""
-    return [module.build(rules, services) for module, rules in parse_stage_rules(doc)]
+    """Build every stage named in the rule file's `pipeline`, in order, after the shared
+    `[context]` rules (the message classifier the caches and routing use)."""
+    stages = parse_stage_rules(doc)
+    if stages:
+        services.state["context_rules"] = parse_context_rules(doc.section("context"))
+    return [module.build(rules, services) for module, rules in stages]
 
 
 class PipelineHolder:

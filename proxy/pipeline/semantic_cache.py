@@ -1,9 +1,12 @@
 """Semantic cache stage: answer a reworded question with the stored answer of the original.
 
-Only standalone questions take part (see `followup`): the last user message is
-embedded (locally, micro-batched off the event loop), the nearest entries of the
-same scope (tenant namespace, requested model, instructions hash, tool names)
-above `threshold` are verified (`semantic_verify`), and the first that passes is
+Only standalone questions take part: the last user message is embedded (locally,
+micro-batched off the event loop) and classified (`standalone`, a learned model
+with a calibrated error rate); follow-ups, questions about the user's own state
+and chat never read or write entries. The nearest entries of the same scope
+(tenant namespace, requested model, instructions hash, tool names) above
+`threshold` are verified by the learned pair model (`pair_model`, calibrated to
+`max_wrong_rate`) and, when configured, a judge model; the first that passes is
 served as JSON or SSE with `x-proxy-cache: hit-semantic; similarity=0.93`. On a
 miss, a successful upstream answer is stored (a stream once [DONE] has passed).
 Request header `x-proxy-cache: no-cache | no-store | refresh` as for the exact cache.
@@ -20,15 +23,15 @@ import numpy as np
 import orjson
 
 from proxy.config import Section
-from proxy.embed import Embedder
 from proxy.pipeline.cache_control import HEADER, CacheDirectives, unstorable
 from proxy.pipeline.charges import charges_of
 from proxy.pipeline.core import Context, Next, Reply, Usage
-from proxy.pipeline.followup import context_dependence
-from proxy.pipeline.paraphrase import clean_text
+from proxy.pipeline.pair_model import PairModel, packaged_pairs
+from proxy.pipeline.paraphrase import pair_conflict
 from proxy.pipeline.replies import completion_id, free_reply, tap_stream
 from proxy.pipeline.semantic_index import Entry, Scope, SemanticEntries
-from proxy.pipeline.semantic_verify import Judge, PairVerifier
+from proxy.pipeline.semantic_verify import Judge
+from proxy.pipeline.standalone import LastMessage, MessageAnalyzer, analyzer_of
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -39,8 +42,8 @@ if TYPE_CHECKING:
 class Rules:
     """The `[semantic_cache]` table."""
 
-    threshold: float = 0.80
-    synonym_similarity: float = 0.60
+    threshold: float = 0.75
+    max_wrong_rate: float = 0.02
     candidates: int = 4
     ttl_seconds: float | None = 86_400.0
     max_entries: int = 100_000
@@ -54,12 +57,11 @@ DEFAULTS = Rules()
 
 def parse_rules(section: Section) -> Rules:
     """Validate `[semantic_cache]`."""
-    section.reject_unknown({"threshold", "synonym_similarity", "candidates", "ttl_seconds",
+    section.reject_unknown({"threshold", "max_wrong_rate", "candidates", "ttl_seconds",
                             "max_entries", "max_prior_user_turns", "judge_model", "judge_below"})
     rules = Rules(
         threshold=section.float("threshold", DEFAULTS.threshold, minimum=0.0),
-        synonym_similarity=section.float("synonym_similarity", DEFAULTS.synonym_similarity,
-                                         minimum=0.0),
+        max_wrong_rate=section.float("max_wrong_rate", DEFAULTS.max_wrong_rate, minimum=0.0),
         candidates=section.int("candidates", DEFAULTS.candidates, minimum=1),
         ttl_seconds=section.float("ttl_seconds", DEFAULTS.ttl_seconds, minimum=1.0),
         max_entries=section.int("max_entries", DEFAULTS.max_entries, minimum=1),
@@ -68,24 +70,13 @@ def parse_rules(section: Section) -> Rules:
         judge_model=section.str("judge_model", ""),
         judge_below=section.float("judge_below", DEFAULTS.judge_below, minimum=0.0),
     )
-    for key in ("threshold", "synonym_similarity", "judge_below"):
+    if rules.max_wrong_rate >= 1.0:
+        raise section.error(f"must be below 1, got {rules.max_wrong_rate}", "max_wrong_rate")
+    for key in ("threshold", "judge_below"):
         if getattr(rules, key) > 1.0:
             raise section.error(f"a cosine similarity must be <= 1, got {getattr(rules, key)}",
                                 key)
     return rules
-
-
-def last_user_text(ctx: Context) -> str | None:
-    """The last message's text when it is a plain-text user message."""
-    if not ctx.messages or ctx.messages[-1].get("role") != "user":
-        return None
-    content = ctx.messages[-1].get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                         for p in content):
-        return " ".join(str(p.get("text", "")) for p in content)
-    return None
 
 
 def scope_of(ctx: Context) -> Scope:
@@ -118,37 +109,37 @@ class SemanticCache:
 
     name = "semantic_cache"
 
-    def __init__(self, rules: Rules, entries: SemanticEntries, embedder: Embedder,
-                 verifier: PairVerifier, judge: Judge | None = None) -> None:
+    def __init__(self, rules: Rules, entries: SemanticEntries, analyzer: MessageAnalyzer,
+                 verifier: PairModel, judge: Judge | None = None) -> None:
         self.rules = rules
         self.entries = entries
-        self.embedder = embedder
+        self.analyzer = analyzer
         self.verifier = verifier
         self.judge = judge
 
-    def standalone_text(self, ctx: Context) -> tuple[str | None, str]:
-        """The question to look up, or None and why this request takes no part."""
+    async def standalone(self, ctx: Context) -> tuple[LastMessage | None, str]:
+        """The standalone question to look up, or None and why this request takes no part."""
         if int(ctx.body.get("n") or 1) > 1:
             return None, "n > 1"
-        text = last_user_text(ctx)
-        if text is None:
-            return None, "last message is not a plain-text user message"
         prior = sum(1 for m in ctx.messages[:-1] if m.get("role") == "user")
         if prior > self.rules.max_prior_user_turns:
             return None, f"{prior} earlier user turns (max_prior_user_turns)"
-        why = context_dependence(text)
-        return (None, f"context-dependent: {why}") if why else (text, "")
+        message = await self.analyzer.analyze(ctx)
+        if message is None:
+            return None, "last message is not a plain-text user message"
+        if not message.verdict.standalone:
+            return None, f"not standalone: {message.verdict.why}"
+        return message, ""
 
     async def __call__(self, ctx: Context, call_next: Next) -> Reply:
         directives = CacheDirectives.from_headers(ctx.headers)
-        text, why = self.standalone_text(ctx)
-        if text is None:
+        message, why = await self.standalone(ctx)
+        if message is None:
             ctx.decide(self.name, "skip", why)
             return await call_next(ctx)
-        question = clean_text(text)
+        question, vector = message.cleaned, message.vector
         scope = scope_of(ctx)
         await self.entries.ensure_loaded(scope[0])
-        vector = await self.embedder.embed(question)
         if not directives.read:
             ctx.decide(self.name, "skip_read", f"x-proxy-cache: {directives.raw}")
         else:
@@ -183,7 +174,7 @@ class SemanticCache:
         for entry, similarity in found:
             if similarity < self.rules.threshold:
                 break
-            why = await self.verifier.conflict(question, entry.text)
+            why = await self._differ(question, entry, vector)
             if why is None and self.judge is not None and similarity < self.judge.below:
                 why = await self.judge.differ(ctx, question, entry.text)
             if why is None:
@@ -196,6 +187,14 @@ class SemanticCache:
         ctx.decide(self.name, "miss", "; ".join(rejected) or best,
                    similarity=round(found[0][1], 4) if found else None)
         return None
+
+    async def _differ(self, question: str, entry: Entry, vector: np.ndarray) -> str | None:
+        """Why the pair model rejects the stored question, or None when it may answer."""
+        p, needed = await self.verifier.score(question, entry.text, vector, entry.vector)
+        if p >= needed:
+            return None
+        guard = pair_conflict(question, entry.text)
+        return f"same-score {p:.2f} < {needed:.2f}" + (f" ({guard})" if guard else "")
 
     def _reply(self, ctx: Context, entry: Entry, similarity: float) -> Reply:
         completion = {**entry.completion, "id": completion_id(), "created": int(time.time())}
@@ -215,11 +214,8 @@ class SemanticCache:
 
 
 def build(rules: Rules, services: Services) -> SemanticCache:
-    """The stage, sharing one embedder and one entry set across rule reloads."""
-    embedder = services.state.get("embedder")
-    if embedder is None:
-        embedder = services.state["embedder"] = Embedder()
-    embedder.start()
+    """The stage, sharing one analyzer, pair model and entry set across rule reloads."""
+    analyzer = analyzer_of(services)
     entries = services.state.get("semantic_entries")
     if entries is None:
         entries = services.state["semantic_entries"] = SemanticEntries(services.kv,
@@ -229,5 +225,16 @@ def build(rules: Rules, services: Services) -> SemanticCache:
     entries.max_entries = rules.max_entries
     judge = Judge(rules.judge_model, rules.judge_below, charges_of(services), services.ledger,
                   services.prices) if rules.judge_model else None
-    return SemanticCache(rules, entries, embedder,
-                         PairVerifier(embedder, rules.synonym_similarity), judge)
+    return SemanticCache(rules, entries, analyzer, pair_model_of(services, rules), judge)
+
+
+def pair_model_of(services: Services, rules: Rules) -> PairModel:
+    """The process's pair model, refitted only when its calibration targets change."""
+    wanted = (rules.threshold, rules.max_wrong_rate)
+    model = services.state.get("pair_model")
+    if model is None or (model.candidate_threshold, model.max_wrong_rate) != wanted:
+        model = services.state["pair_model"] = PairModel(
+            analyzer_of(services).embedder, packaged_pairs(), *wanted)
+        model.fitted.start()
+    assert isinstance(model, PairModel)
+    return model

@@ -1,10 +1,7 @@
-"""Verification of a semantic-cache candidate: local guards, synonyms, optional model judge.
+"""The optional model judge of a semantic-cache candidate.
 
-Similarity finds candidates; this decides whether the stored question really asks
-what the new one asks. The word-class guards of `paraphrase` run first; words
-swapped between the two texts must be near-synonyms by their own embeddings
-("workout" / "exercise" pass, "hamlet" / "dracula" do not); and, when configured,
-a cheap model answers yes or no for candidates below `judge_below` (`Judge`): a
+The learned pair model (`pair_model`) decides first; when configured, a cheap
+model answers yes or no for the candidates it accepted below `judge_below`: a
 few tokens billed to the asking key and written to the ledger, so the savings
 shown are net of them. A judge that fails or has no room in the key's budget
 counts as a "no": a miss costs one answer, a wrong hit a wrong answer.
@@ -15,14 +12,11 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
 import orjson
 
-from proxy.embed import Embedder
 from proxy.errors import ProxyError
 from proxy.pipeline.charges import KeyCharges, internal_call_entry
 from proxy.pipeline.core import Context, Usage
-from proxy.pipeline.paraphrase import content_gap, features, pair_conflict
 from proxy.pricing import PriceTable
 from proxy.store.ledger import Ledger
 
@@ -30,39 +24,6 @@ log = logging.getLogger("proxy.semantic")
 
 JUDGE_PROMPT = ("Two users asked a chat assistant these questions. Would one correct answer "
                 "serve both equally well? Answer only yes or no.\nQ1: {a}\nQ2: {b}")
-
-
-class PairVerifier:
-    """Says why a stored question is not the new question (None: it is the same)."""
-
-    def __init__(self, embedder: Embedder, synonym_similarity: float) -> None:
-        self.embedder = embedder
-        self.synonym_similarity = synonym_similarity
-
-    async def conflict(self, question: str, stored: str) -> str | None:
-        """The first reason the two questions differ by the local checks, or None."""
-        why = pair_conflict(question, stored)
-        if why:
-            return why
-        only_q, only_s = content_gap(question, stored)
-        if only_q and not await self._synonyms(only_q, only_s, question, stored):
-            return f"content words differ ({', '.join(sorted(only_q))} / " \
-                   f"{', '.join(sorted(only_s))})"
-        return None
-
-    async def _synonyms(self, only_q: set[str], only_s: set[str], question: str,
-                        stored: str) -> bool:
-        words_q, words_s = sorted(features(question).content), sorted(features(stored).content)
-        vectors = await self.embedder.embed_cached(words_q + words_s)
-        return (self._bridged(only_q, words_s, vectors)
-                and self._bridged(only_s, words_q, vectors))
-
-    def _bridged(self, words: set[str], others: list[str], vectors: dict[str, np.ndarray]) -> bool:
-        if not others:
-            return False
-        other = np.stack([vectors[w] for w in others])
-        return all(float((other @ vectors[w]).max()) >= self.synonym_similarity for w in words)
-
 
 
 class Judge:
