@@ -119,6 +119,7 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        await services.background.aclose()  # abandoned streams settle and write their rows
         await ledger.flush()  # so that the ledger sync ships the last rows as it closes
         for name, closer in services.state.items():
             aclose = getattr(closer, "aclose", None)

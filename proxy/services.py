@@ -14,13 +14,15 @@ from proxy.pricing import PriceTable
 from proxy.store.bodies import BodyLog
 from proxy.store.kv import KVStore
 from proxy.store.ledger import Ledger
+from proxy.tasks import BackgroundTasks
 from proxy.upstream.client import UpstreamClient
 
 
 @dataclass
 class Services:
     """What stages are built with. `state` keeps per-stage objects (caches, limiters)
-    alive across rule reloads, keyed by stage name."""
+    alive across rule reloads, keyed by stage name; `background` holds work that
+    outlives its request (streams read on after their client left)."""
 
     config: Config
     prices: PriceTable
@@ -32,3 +34,4 @@ class Services:
     redis: Redis | None = None
     state: dict[str, Any] = field(default_factory=dict)
     bodies: BodyLog | None = None
+    background: BackgroundTasks = field(default_factory=BackgroundTasks)

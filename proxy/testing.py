@@ -12,6 +12,7 @@ import asyncio
 import copy
 import secrets
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -183,6 +184,18 @@ class LiveProxy(BackgroundServers):
     def ledger_rows(self) -> list[dict[str, Any]]:
         """Every ledger row so far (flushed first)."""
         return self.run(self.services.ledger.rows())
+
+    def wait_ledger_rows(self, count: int, status: int | None = None,
+                         timeout: float = 30.0) -> list[dict[str, Any]]:
+        """The ledger rows (with `status`, if given) once there are at least `count` of them,
+        or those there are at `timeout`: for rows written behind the response, such as
+        those of streams the client left."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = [r for r in self.ledger_rows() if status is None or r["status"] == status]
+            if len(rows) >= count or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
 
 
 def make_context(body: dict[str, Any], headers: dict[str, str] | None = None,

@@ -121,23 +121,21 @@ def test_streamed_request_is_settled_when_the_stream_ends(tmp_path: Path) -> Non
         assert text and spent_usd(live) == to_usd(COST)
 
 
-def test_client_leaving_mid_stream_releases_the_reservation(tmp_path: Path) -> None:
+def test_client_leaving_mid_stream_is_billed_what_the_upstream_used(tmp_path: Path) -> None:
     fake = FakeUpstream(tokens_per_second=4.0)  # one SSE event every 0.5 s
-    with limited(tmp_path, {"budget_usd": to_usd(COST)}, fake=fake) as live:
+    with limited(tmp_path, {"budget_usd": to_usd(2 * COST)}, fake=fake) as live:
         stream = live.client().chat.completions.create(
             model="gpt-4o-mini", messages=PROMPT, max_tokens=MAX_TOKENS, stream=True)
         next(iter(stream))
         stream.close()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                served = ask(live)
-                break
-            except openai.RateLimitError:
-                assert time.monotonic() < deadline, "reservation was never released"
-                time.sleep(0.1)
-        assert served.parse().choices[0].message.content
-        assert spent_usd(live) == to_usd(COST)
+        rows = live.wait_ledger_rows(1)
+        assert rows[0]["status"] == 499
+        assert spent_usd(live) == to_usd(COST)  # not released: the upstream made the answer
+        live.fake.tokens_per_second = 0
+        assert ask(live).parse().choices[0].message.content
+        with pytest.raises(openai.RateLimitError) as err:
+            ask(live)
+    assert err.value.code == "insufficient_quota"
 
 
 def test_failed_upstream_call_releases_the_reservation(tmp_path: Path) -> None:

@@ -112,6 +112,19 @@ def test_stream_cut_midway_is_not_stored(semantic: LiveProxy) -> None:
     assert ask(semantic, PARAPHRASE).headers["x-proxy-stage"] == "upstream"
 
 
+def test_stream_the_client_left_is_not_stored(tmp_path: Path) -> None:
+    with LiveProxy(tmp_path, rules=RULES, fake=FakeUpstream(tokens_per_second=40)) as live:
+        stream = live.client().chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": QUESTION}], stream=True)
+        next(iter(stream))
+        stream.close()
+        [row] = live.wait_ledger_rows(1, status=499)  # read to its end, then recorded
+        live.fake.tokens_per_second = 0
+        assert ask(live, PARAPHRASE).headers["x-proxy-stage"] == "upstream"
+        assert len(live.fake.received) == 2
+    assert row["completion_tokens"] > 0
+
+
 @pytest.mark.parametrize("directive", ["no-store", "no-cache, no-store", "No-Store"])
 def test_no_store_neither_reads_nor_stores(semantic: LiveProxy, directive: str) -> None:
     ask(semantic, QUESTION, headers={"x-proxy-cache": directive})

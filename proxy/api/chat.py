@@ -11,7 +11,8 @@ from proxy.api.validate import parse_json_object, validate_chat_request
 from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
 from proxy.errors import PermissionDenied
 from proxy.pipeline.core import Context, Reply
-from proxy.pipeline.dispatch import dispatch, record
+from proxy.pipeline.dispatch import dispatch
+from proxy.pipeline.drain import CLIENT_CLOSED, close_and_record, finish_abandoned
 
 log = logging.getLogger("proxy.chat")
 
@@ -62,20 +63,21 @@ async def _stream(request: web.Request, ctx: Context, reply: Reply) -> web.Strea
     headers = reply_headers(ctx, reply)
     headers.update({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     resp = web.StreamResponse(status=reply.status, headers=headers)
-    status = reply.status
-    chunks = reply.chunks
-    assert chunks is not None
+    status, handed_off = reply.status, False
+    assert reply.chunks is not None
     try:
         await resp.prepare(request)
-        async for chunk in chunks:
+        async for chunk in reply.chunks:
             await resp.write(chunk)
         await resp.write_eof()
     except ConnectionResetError:
-        status = 499  # client went away: the upstream is released, nothing more to send
+        # the client went away, the upstream did not: read it on (behind) so it is billed
+        services.background.start(finish_abandoned(services, ctx, reply), name="drain")
+        handed_off = True
     except asyncio.CancelledError:
-        status = 499
+        status = CLIENT_CLOSED  # shutting down: billed from what streamed so far
         raise
     finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
-        record(services, ctx, reply, status=status)
+        if not handed_off:
+            await close_and_record(services, ctx, reply, status)
     return resp

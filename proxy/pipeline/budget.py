@@ -5,8 +5,10 @@ trimmed context), and free answers never reach it: they cost no budget. It holds
 the estimate (prompt tokens x input price + max_tokens, or the configured
 completion estimate, x output price) atomically; a request that does not fit gets
 429 `insufficient_quota` (budget) or `rate_limit_exceeded` (tpm). Afterwards the
-hold is settled to the upstream's usage (for streams when the stream ends) or
-released when the request failed or the client left before usage was known.
+hold is settled to the upstream's usage, or released when the request failed. A
+stream settles when it ends, however it ends: a stream the client left is read on
+to the upstream's usage chunk (pipeline/drain.py), and one without that chunk has
+its usage counted from what it streamed (upstream/meter.py).
 """
 
 from __future__ import annotations

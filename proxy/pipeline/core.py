@@ -151,7 +151,9 @@ class Reply:
     `stage` names who produced it (`upstream`, `pattern`, `exact_cache`, ...);
     `usage` is what was billed upstream (None for free answers) and `saved_usage`
     what a free answer saved. For streams, `usage` and `completed` are filled in
-    by the time the last chunk has been yielded.
+    by the time the last chunk has been yielded (or the stream was closed);
+    `client_left` is set when the client hung up before the end (the stream is then
+    read on for billing, and nothing from it may be kept).
     """
 
     status: int = 200
@@ -163,6 +165,7 @@ class Reply:
     usage: Usage | None = None
     saved_usage: Usage | None = None
     completed: bool = False
+    client_left: bool = False
     error: str | None = None
     _parsed: Any = None
 

@@ -172,13 +172,16 @@ async def tap_stream(chunks: Chunks, reply: Reply,
     Once `[DONE]` went by in a stream the upstream finished without error, `on_done`
     gets the assembled chat.completion before that last piece is handed on (so the
     client's next request can already see what was stored). A stream that was cut,
-    that the client left (GeneratorExit), or that cannot be parsed calls nothing.
-    Closing the tap closes the inner stream, which releases the upstream.
+    that the client left (`reply.client_left`: it is read on only to be billed), or
+    that cannot be parsed calls nothing. Closing the tap closes the inner stream,
+    which releases the upstream.
     """
     assembler: StreamAssembler | None = StreamAssembler()
     rest = b""
     try:
         async for piece in chunks:
+            if reply.client_left:
+                assembler = None  # nothing from an abandoned stream is kept
             last = b"[DONE]" in piece
             if not last:
                 yield piece  # to the client first: assembling never delays a chunk

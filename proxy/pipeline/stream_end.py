@@ -1,9 +1,10 @@
 """Run a callback once when a streamed reply ends, however it ends.
 
-The callback runs when the stream is exhausted, when reading it fails, when the
-HTTP handler closes it (the client went away: `aclose()`, even before the first
-chunk), or, as a last resort, when the stream is dropped without being closed
-(an outer stage's generator that was closed without closing ours).
+The callback runs when the stream is exhausted, when reading it fails, when its
+reader closes it (`aclose()`, even before the first chunk), or, as a last resort,
+when the stream is dropped without being closed (an outer stage's generator that
+was closed without closing ours). It is shielded: a cancellation that arrives
+while it runs (shutdown) does not stop a settle half-way.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class _EndingStream:
     async def _end(self) -> None:
         on_end, self._on_end = self._on_end, None
         if on_end is not None:
-            await on_end()
+            await asyncio.shield(on_end())  # a cancellation here must not lose the settle
 
     def __del__(self) -> None:
         if self._on_end is not None:

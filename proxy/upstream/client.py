@@ -22,6 +22,7 @@ import orjson
 from proxy.config import Config, UpstreamConfig
 from proxy.errors import UpstreamError
 from proxy.pipeline.core import Context, Reply, Usage
+from proxy.upstream.meter import CompletionMeter
 from proxy.upstream.sse import event, event_data, split_events
 
 log = logging.getLogger("proxy.upstream")
@@ -110,7 +111,7 @@ class UpstreamClient:
                            f"{upstream.name}:{model}", upstream=upstream.name, model=model)
             body = ctx.encoded_body() if i == 0 else orjson.dumps({**ctx.body, "model": model})
             try:
-                reply = await self._with_retries(upstream, body, ctx)
+                reply = await self._with_retries(upstream, body, ctx, model)
             except UpstreamError as exc:
                 failure = exc
                 continue
@@ -131,11 +132,12 @@ class UpstreamClient:
         assert failure is not None
         raise failure
 
-    async def _with_retries(self, upstream: UpstreamConfig, body: bytes, ctx: Context) -> Reply:
+    async def _with_retries(self, upstream: UpstreamConfig, body: bytes, ctx: Context,
+                            model: str) -> Reply:
         attempt = 0
         while True:
             try:
-                return await self._attempt(upstream, body, ctx)
+                return await self._attempt(upstream, body, ctx, model)
             except _Retry as retry:
                 attempt += 1
                 delay = retry_delay(attempt, upstream.backoff_seconds, retry.wait_hint)
@@ -147,7 +149,8 @@ class UpstreamClient:
                 log.info("upstream %s retry %d in %.2fs", upstream.name, attempt, delay)
                 await asyncio.sleep(delay)
 
-    async def _attempt(self, upstream: UpstreamConfig, body: bytes, ctx: Context) -> Reply:
+    async def _attempt(self, upstream: UpstreamConfig, body: bytes, ctx: Context,
+                       model: str) -> Reply:
         url = upstream.base_url + "/chat/completions"
         try:
             resp = await self.session.post(url, data=body, headers=self._headers[upstream.name],
@@ -164,7 +167,7 @@ class UpstreamClient:
         is_sse = resp.headers.get("Content-Type", "").startswith("text/event-stream")
         if resp.status == 200 and is_sse:
             reply = Reply(status=200, headers=headers)
-            reply.chunks = self._relay(resp, reply, ctx.client_wants_usage)
+            reply.chunks = self._relay(resp, reply, ctx, model)
             return reply
         try:
             data = await resp.read()
@@ -183,10 +186,17 @@ class UpstreamClient:
         return reply
 
     async def _relay(
-        self, resp: aiohttp.ClientResponse, reply: Reply, keep_usage: bool
+        self, resp: aiohttp.ClientResponse, reply: Reply, ctx: Context, model: str
     ) -> AsyncIterator[bytes]:
-        """Yield the upstream's SSE bytes as they arrive, reading usage on the way."""
+        """Yield the upstream's SSE bytes as they arrive, reading usage on the way.
+
+        A stream that ends without a usage chunk (cut, closed early, or from an upstream
+        that ignores include_usage) gets the usage counted from what it carried: the
+        upstream bills those tokens all the same.
+        """
         buffer = b""
+        keep_usage = ctx.client_wants_usage
+        meter = CompletionMeter(model)
         try:
             async for data in resp.content.iter_any():
                 buffer += data
@@ -199,15 +209,23 @@ class UpstreamClient:
                 if _USAGE.search(ready) or b"[DONE]" in ready:
                     ready = self._inspect(ready, reply, keep_usage)
                 if ready:
+                    meter.feed(ready)
                     yield ready
             if buffer.strip():  # a last event without its blank line
                 ready = self._inspect(buffer + b"\n\n", reply, keep_usage)
                 if ready:
+                    meter.feed(ready)
                     yield ready
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             reply.error = f"upstream stream broke off: {type(exc).__name__}"
         finally:
             resp.close()
+            if reply.usage is None:
+                reply.usage = meter.usage(ctx.body)
+                ctx.decide("upstream", "usage_counted",
+                           "the stream ended without usage; billed as counted",
+                           prompt_tokens=reply.usage.prompt_tokens,
+                           completion_tokens=reply.usage.completion_tokens)
         if not reply.completed:
             reply.error = reply.error or "upstream stream ended before [DONE]"
             log.warning("%s", reply.error)

@@ -2,9 +2,10 @@
 
 It answers `/v1/chat/completions` (streamed or not, n choices, tool calls when
 tools are given and asked for, usage counted with tiktoken) and `/v1/models`;
-it can be slowed (time to first token, tokens per second) and told to fail
-(500, 429 with Retry-After, a hang, a stream cut mid-way), and it records
-every request it received so tests can assert what the proxy forwarded.
+it can be slowed (time to first token, tokens per second), told to fail
+(500, 429 with Retry-After, a hang, a stream cut mid-way) or to ignore
+`stream_options.include_usage` (as some OpenAI-compatible servers do), and it
+records every request it received so tests can assert what the proxy forwarded.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class FakeUpstream:
     ttft: float = 0.0
     tokens_per_second: float = 0.0
     record: bool = True
+    stream_usage: bool = True  # False: streams never carry a usage chunk
     faults: list[Fault] = field(default_factory=list)
     received: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10_000))
     received_headers: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=10_000))
@@ -118,8 +120,9 @@ class FakeUpstream:
         if not body.get("stream"):
             return web.Response(body=orjson.dumps(completion), content_type="application/json")
         opts = body.get("stream_options") or {}
-        events = completion_to_events(completion, include_usage=bool(opts.get("include_usage")),
-                                      piece_chars=8)
+        events = completion_to_events(
+            completion, include_usage=self.stream_usage and bool(opts.get("include_usage")),
+            piece_chars=8)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         delay = 2.0 / self.tokens_per_second if self.tokens_per_second else 0.0
