@@ -29,6 +29,7 @@ from proxy.pipeline.paraphrase import clean_text
 from proxy.pipeline.replies import completion_id, free_reply, tap_stream
 from proxy.pipeline.semantic_index import Entry, Scope, SemanticEntries
 from proxy.pipeline.semantic_verify import Judge, PairVerifier
+from proxy.pipeline.text import MAX_ANALYZED_CHARS
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -136,6 +137,8 @@ class SemanticCache:
         prior = sum(1 for m in ctx.messages[:-1] if m.get("role") == "user")
         if prior > self.rules.max_prior_user_turns:
             return None, f"{prior} earlier user turns (max_prior_user_turns)"
+        if len(text) > MAX_ANALYZED_CHARS:
+            return None, f"last message is longer than {MAX_ANALYZED_CHARS} characters"
         why = context_dependence(text)
         return (None, f"context-dependent: {why}") if why else (text, "")
 
