@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.config import ConfigError, hash_key, load_config, load_rules_doc
-from proxy.server import serve, setup_logging, use_uvloop, with_overrides
+from proxy.server import SERVER_OPTIONS, serve, setup_logging, use_uvloop, with_overrides
 
 log = logging.getLogger("proxy")
 DEMO_KEY = "sk-proxy-demo"
@@ -34,7 +34,7 @@ async def _demo(host: str, port: int, rules: str, db_path: str) -> None:
     fake_port = fake_runner.addresses[0][1]
     config = demo_config(f"http://127.0.0.1:{fake_port}/v1", port, db_path,
                          hash_key(DEMO_KEY), hash_key(DEMO_ADMIN_KEY))
-    runner = web.AppRunner(create_app(config, rules), access_log=None)
+    runner = web.AppRunner(create_app(config, rules), access_log=None, **SERVER_OPTIONS)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

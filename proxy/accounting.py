@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,14 +29,28 @@ from proxy.pricing import PriceTable
 from proxy.store.ledger import LedgerEntry
 from proxy.upstream.terminal import UPSTREAM_MS
 
+NORMALIZED_HASH_CHARS = 65_536  # longer messages are hashed as sent (normalizing costs ~25 ms/MB)
+
 
 def prompt_hash(messages: Sequence[Mapping[str, Any]]) -> str | None:
     """sha256 of the last user message, case- and whitespace-normalized (None if none)."""
     for message in reversed(messages):
         if isinstance(message, Mapping) and message.get("role") == "user":
-            text = " ".join(tokens.content_text(message.get("content")).lower().split())
+            text = tokens.content_text(message.get("content"))
+            if len(text) <= NORMALIZED_HASH_CHARS:
+                text = " ".join(text.lower().split())
             return hashlib.sha256(text.encode()).hexdigest()
     return None
+
+
+def trace_json(ctx: Context) -> str:
+    """The trace as JSON; never raises (values orjson cannot write fall back to the
+    standard encoder, unknown types to their string)."""
+    decisions = [d.to_dict() for d in ctx.trace]
+    try:
+        return orjson.dumps(decisions).decode()
+    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits
+        return json.dumps(decisions, default=str)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -113,7 +128,7 @@ def ledger_entry(
         status=status,
         stream=ctx.stream,
         source=ctx.source,
-        trace=orjson.dumps([d.to_dict() for d in ctx.trace]).decode(),
+        trace=trace_json(ctx),
         error=error or (reply.error if reply is not None else None),
         prompt_hash=prompt_hash(ctx.messages),
         max_tokens=_max_tokens(ctx.body),
@@ -125,4 +140,4 @@ def ledger_entry(
 
 def _max_tokens(body: Mapping[str, Any]) -> int | None:
     value = body.get("max_completion_tokens") or body.get("max_tokens")
-    return value if isinstance(value, int) else None
+    return value if isinstance(value, int) and 0 < value < 2**63 else None

@@ -17,7 +17,7 @@ from proxy.api import admin, cache, chat, explain, keys, models, observe, thread
 from proxy.app_keys import PIPELINE, REQUEST_ID, SERVICES, TENANT
 from proxy.auth import KeyRing
 from proxy.config import Config
-from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
+from proxy.errors import InvalidRequest, NotFound, ProxyError
 from proxy.pipeline.registry import PipelineHolder
 from proxy.pricing import PriceTable
 from proxy.services import Services
@@ -54,10 +54,6 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     except ProxyError as exc:
         return _error_response(exc, rid)
-    except web.HTTPRequestEntityTooLarge:
-        return _error_response(PayloadTooLarge(
-            f"Request body too large: the limit is {request.app._client_max_size} bytes "
-            "(server.max_body_bytes)."), rid)
     except web.HTTPNotFound:
         return _error_response(NotFound(f"Unknown request URL: {request.method} "
                                         f"{request.path}."), rid)

@@ -132,7 +132,11 @@ def _presented(headers: Mapping[str, str]) -> tuple[str, str]:
         raise AuthenticationError(
             "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
         )
-    return token, hashlib.sha256(token.encode()).hexdigest()
+    try:
+        encoded = token.encode()
+    except UnicodeEncodeError:  # header bytes that are not UTF-8 (aiohttp keeps them escaped)
+        raise AuthenticationError("Incorrect API key provided: it is not valid UTF-8.") from None
+    return token, hashlib.sha256(encoded).hexdigest()
 
 
 def _redact(token: str) -> str:

@@ -179,6 +179,7 @@ class ServerConfig:
     port: int = 8080
     workers: int = 1
     max_body_bytes: int = 8 * 1024 * 1024
+    body_timeout_seconds: float = 30.0
     rules: str = "rules/config.toml"
     rules_poll_seconds: float = 1.0
     timezone: str = "UTC"
@@ -282,13 +283,14 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
     root.reject_unknown({"server", "upstreams", "fallbacks", "keys", "admin", "storage",
                          "pricing", "alerts"})
     srv = root.sub("server")
-    srv.reject_unknown({"host", "port", "workers", "max_body_bytes", "rules",
-                        "rules_poll_seconds", "timezone"})
+    srv.reject_unknown({"host", "port", "workers", "max_body_bytes", "body_timeout_seconds",
+                        "rules", "rules_poll_seconds", "timezone"})
     server = ServerConfig(
         host=srv.str("host", "127.0.0.1"),
         port=srv.int("port", 8080, minimum=0),
         workers=srv.int("workers", 1, minimum=1),
         max_body_bytes=srv.int("max_body_bytes", 8 * 1024 * 1024, minimum=1024),
+        body_timeout_seconds=srv.float("body_timeout_seconds", 30.0, minimum=0.001),
         rules=srv.str("rules", "rules/config.toml"),
         rules_poll_seconds=srv.float("rules_poll_seconds", 1.0, minimum=0.05),
         timezone=srv.str("timezone", "UTC"),

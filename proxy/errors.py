@@ -4,7 +4,9 @@
       +-- InvalidRequest    400     malformed body, wrong types, unknown stage rule
       +-- AuthenticationError 401   missing or unknown proxy key
       +-- NotFound          404     unknown route or object (also other tenants' objects)
+      +-- RequestTimeout    408     body not received within server.body_timeout_seconds
       +-- PayloadTooLarge   413     body above server.max_body_bytes
+      +-- UnsupportedEncoding 415   a Content-Encoding the proxy does not decode
       +-- RateLimited       429     rpm / tpm / concurrency / budget exhausted
       +-- UpstreamError     502/504 upstream unreachable or timed out after retries
       +-- Unavailable       503     a required backend (e.g. Redis, fail-closed) is down
@@ -89,12 +91,28 @@ class NotFound(ProxyError):
     code = "not_found"
 
 
+class RequestTimeout(ProxyError):
+    """The request body did not arrive in time (408)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLarge(ProxyError):
     """Request body larger than the configured limit (413)."""
 
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class UnsupportedEncoding(ProxyError):
+    """The body's Content-Encoding is not one the proxy decodes (415)."""
+
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_content_encoding"
 
 
 class RateLimited(ProxyError):

@@ -10,10 +10,12 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from proxy.config import Config
 
@@ -41,6 +43,42 @@ def with_overrides(config: Config, host: str | None, port: int | None,
         first = dataclasses.replace(upstreams[0], base_url=upstream.rstrip("/"))
         upstreams = (first, *upstreams[1:])
     return dataclasses.replace(config, server=server, upstreams=upstreams)
+
+
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger, made fit to face the internet.
+
+    A request the client got wrong (a malformed request or header line, a broken body
+    framing) is logged as one INFO line naming the error class: never the raw line,
+    which may carry an API key, and no traceback, so that nobody can flood the log or
+    plant text in it. The proxy's own failures keep their tracebacks.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        """Log as usual, or one short line for a client's malformed request."""
+        exc = _exception_of(kwargs.get("exc_info"))
+        if isinstance(exc, (HttpProcessingError, web.RequestPayloadError)):
+            level, msg = min(level, logging.INFO), f"{msg}: %s"
+            args = (*args, type(exc).__name__)
+            kwargs.pop("exc_info")
+        super().log(level, msg, *args, **kwargs)
+
+
+def _exception_of(exc_info: Any) -> BaseException | None:
+    if isinstance(exc_info, BaseException):
+        return exc_info
+    if isinstance(exc_info, tuple):
+        return exc_info[1]
+    return sys.exc_info()[1] if exc_info else None
+
+
+# How the proxy's HTTP server runs (`web.run_app` / `web.AppRunner` keyword arguments):
+# bodies are decoded by proxy/api/body.py, which answers bad encodings in OpenAI's shape,
+# and malformed requests are logged by ServerLog.
+SERVER_OPTIONS: dict[str, Any] = {"auto_decompress": False, "logger": ServerLog()}
 
 
 def setup_logging(request_lines: bool = True) -> None:
@@ -72,7 +110,7 @@ def run_worker(config: Config, rules: str, reuse_port: bool) -> None:
     app = create_app(config, rules)
     app.on_startup.append(_freeze_startup_objects)  # after the services are up
     web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=reuse_port,
-                access_log=None, print=None, backlog=2048)
+                access_log=None, print=None, backlog=2048, **SERVER_OPTIONS)
 
 
 def serve(config: Config, rules: str) -> None:

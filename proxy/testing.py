@@ -25,6 +25,7 @@ from proxy.auth import Tenant
 from proxy.config import Config, hash_key, parse_config
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.registry import PipelineHolder
+from proxy.server import SERVER_OPTIONS
 from proxy.services import Services
 from proxy.store.ledger import LedgerEntry
 from proxy.upstream.fake import FakeUpstream
@@ -91,8 +92,8 @@ class BackgroundServers:
         self._thread.join(timeout=10)
         self.loop.close()
 
-    async def _serve(self, app: web.Application) -> str:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    async def _serve(self, app: web.Application, **options: Any) -> str:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, **options)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         self._runners.append(runner)
@@ -140,7 +141,7 @@ class LiveProxy(BackgroundServers):
         self.fake_url = await self._serve(self.fake.app())
         self.config = test_config(self.fake_url, str(self.tmp_path / "proxy.db"), self.extra)
         self.app = create_app(self.config, str(self.rules_path))
-        self.base_url = await self._serve(self.app)
+        self.base_url = await self._serve(self.app, **SERVER_OPTIONS)
 
     @property
     def services(self) -> Services:

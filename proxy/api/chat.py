@@ -7,6 +7,7 @@ import logging
 
 from aiohttp import web
 
+from proxy.api.body import read_body
 from proxy.api.validate import parse_json_object, validate_chat_request
 from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
 from proxy.errors import PermissionDenied
@@ -48,7 +49,7 @@ def build_context(request: web.Request, raw: bytes) -> Context:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """Answer a chat completion through the pipeline."""
-    ctx = build_context(request, await request.read())
+    ctx = build_context(request, await read_body(request))
     reply = await dispatch(request.app[PIPELINE].current, ctx, request.app[SERVICES])
     if not reply.is_stream:
         return web.Response(status=reply.status, body=reply.body,

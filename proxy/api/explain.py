@@ -11,13 +11,14 @@ import orjson
 from aiohttp import web
 
 from proxy import tokens
+from proxy.api.body import read_body
 from proxy.api.chat import build_context
 from proxy.app_keys import PIPELINE
 
 
 async def explain(request: web.Request) -> web.Response:
     """Run the pipeline in dry-run mode and report what each stage would do."""
-    ctx = build_context(request, await request.read())
+    ctx = build_context(request, await read_body(request))
     ctx.dry_run = True
     as_sent = dict(ctx.body)  # stages replace top-level fields, never edit them in place
     tools_before = len(ctx.body.get("tools") or ctx.body.get("functions") or [])

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.api.body import read_body
 from proxy.api.validate import parse_json_object
 from proxy.app_keys import SERVICES, tenant_of
 from proxy.auth import ADMIN_NAME
@@ -66,7 +67,7 @@ def _config_key(services: Services, name: str) -> KeyConfig | None:
 async def create_key(request: web.Request) -> web.Response:
     """`POST /v1/proxy/keys` {"name", policy fields...}: the new key, with its secret once."""
     services = _admin_services(request)
-    fields = parse_json_object(await request.read())
+    fields = parse_json_object(await read_body(request))
     name = fields.pop("name", None)
     if not isinstance(name, str) or not NAME.match(name):
         raise InvalidRequest("'name' must be 1-64 letters, digits, '_', '.' or '-'.",
@@ -125,7 +126,7 @@ async def update_key(request: web.Request) -> web.Response:
     """`PATCH /v1/proxy/keys/{name}` {policy fields...}: change an issued key's policy."""
     services = _admin_services(request)
     key = await _issued(services, request.match_info["name"])
-    changes = parse_json_object(await request.read())
+    changes = parse_json_object(await read_body(request))
     current = {f: getattr(key, f) for f in POLICY_FIELDS}
     current["allowed_models"] = list(key.allowed_models) if key.allowed_models else None
     merged = {k: v for k, v in {**current, **changes}.items() if v is not None}

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.api.body import read_body
 from proxy.api.validate import parse_json_object
 from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
 from proxy.threads import params
@@ -28,7 +29,7 @@ RunAction = Callable[[web.Request, ThreadsRuntime],
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    raw = await read_body(request)
     return parse_json_object(raw) if raw.strip() else {}
 
 

@@ -15,7 +15,13 @@ import orjson
 
 from proxy import tokens
 from proxy.pipeline.core import Context
-from proxy.pipeline.text import NormalizedText, content_text, last_user_text, readings
+from proxy.pipeline.text import (
+    RULE_TEXT_CHARS,
+    NormalizedText,
+    content_text,
+    last_user_text,
+    readings,
+)
 
 if TYPE_CHECKING:
     from proxy.pipeline.conditions import Conditions
@@ -23,7 +29,8 @@ if TYPE_CHECKING:
 OPTIMIZE_FOR = ("cost", "latency", "quality")
 OPTIMIZE_HEADER = "x-proxy-optimize-for"
 _INLINE_TOKENIZE_BYTES = 8_192
-_TRAILING_NON_WORDS = re.compile(r"[^\w?]+$")
+# Only a run that starts after a word character or "?" is tried: linear, not quadratic.
+_TRAILING_NON_WORDS = re.compile(r"(?<![^\w?])[^\w?]+$")
 
 Clock = Callable[[], datetime]
 
@@ -81,8 +88,9 @@ class RequestFacts:
 
     @cached_property
     def readings(self) -> tuple[NormalizedText, ...]:
-        """The last user message normalized (and with check marks read as "done")."""
-        return readings(self.last_user_text or "")
+        """The last user message normalized (and with check marks read as "done"); of a
+        long message, its first RULE_TEXT_CHARS characters."""
+        return readings((self.last_user_text or "")[:RULE_TEXT_CHARS])
 
     @property
     def text(self) -> NormalizedText:
@@ -104,7 +112,8 @@ class RequestFacts:
         """True when the assistant's previous message ended with a question."""
         for message in reversed(self.ctx.messages[:-1]):
             if message.get("role") == "assistant":
-                text = _TRAILING_NON_WORDS.sub("", content_text(message.get("content")))
+                tail = content_text(message.get("content"))[-RULE_TEXT_CHARS:]
+                text = _TRAILING_NON_WORDS.sub("", tail)
                 return text.endswith("?")
         return False
 

@@ -43,7 +43,7 @@ from proxy.pipeline.conditions import (
 from proxy.pipeline.core import Context, Next, Reply, Usage
 from proxy.pipeline.facts import Clock, RequestFacts, utc_now
 from proxy.pipeline.replies import free_reply, make_completion
-from proxy.pipeline.text import NormalizedText, normalize, one_typo_apart
+from proxy.pipeline.text import MAX_ANALYZED_CHARS, NormalizedText, normalize, one_typo_apart
 from proxy.services import Services
 
 REPLY_STAGE = "pattern"
@@ -226,6 +226,8 @@ class PatternStage:
         skip = bypass_reason(ctx.body)
         if skip is None and facts.last_user_text is None:
             skip = "the last message is not a user message"
+        elif skip is None and len(facts.last_user_text or "") > MAX_ANALYZED_CHARS:
+            skip = f"the last message is longer than {MAX_ANALYZED_CHARS} characters"
         if skip is not None:
             ctx.decide(self.name, "skip", skip)
             return await call_next(ctx)

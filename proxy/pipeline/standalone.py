@@ -37,7 +37,7 @@ from proxy.learn import LinearModel, Once, calibrate, choose_l2, fit
 from proxy.pipeline.core import Context
 from proxy.pipeline.followup import context_dependence, signals
 from proxy.pipeline.paraphrase import clean_text
-from proxy.pipeline.text import content_text
+from proxy.pipeline.text import MAX_ANALYZED_CHARS, content_text
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -46,7 +46,6 @@ log = logging.getLogger("proxy.standalone")
 
 CLASSES = ("chat", "conversation", "own_state", "standalone")
 STANDALONE = "standalone"
-MAX_TEXT_CHARS = 2_000  # longer messages are never treated as standalone questions
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +167,7 @@ class ContextClassifier:
     async def classify(self, text: str, vector: np.ndarray | None = None) -> Verdict:
         """The verdict for `text` (its cleaned embedding may be passed in)."""
         fitted = await self.fitted.get()
-        if len(text) > MAX_TEXT_CHARS:
+        if len(text) > MAX_ANALYZED_CHARS:
             return Verdict("chat", 0.0, False, "too long to be a reusable question")
         cleaned = clean_text(text)
         if vector is None:
@@ -222,7 +221,7 @@ class MessageAnalyzer:
                 isinstance(p, dict) and p.get("type") == "text" for p in content):
             return None
         text = content_text(content)
-        if not text.strip() or len(text) > MAX_TEXT_CHARS:
+        if not text.strip() or len(text) > MAX_ANALYZED_CHARS:
             return None
         cleaned = clean_text(text)
         vector = await self.embedder.embed(cleaned)

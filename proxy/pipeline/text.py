@@ -24,6 +24,12 @@ _NOT_WORD = re.compile(r"[^\w]|_", re.UNICODE)
 _ELONGATED = re.compile(r"([^\W\d_])\1{2,}")
 _REPEATED = re.compile(r"(.)\1+")
 _SPACES = re.compile(r"\s+")
+RULE_TEXT_CHARS = 16_384
+"""Rules read at most this many characters of a message: its keywords further on go
+unseen, and nothing scans megabytes of text on the event loop."""
+MAX_ANALYZED_CHARS = 2_000
+"""A longer message is no greeting, short reply or standalone question: the word-by-word
+analyses (canned replies, follow-up detection, paraphrase checks) skip it unread."""
 
 
 def content_text(content: Any) -> str:

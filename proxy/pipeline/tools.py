@@ -34,7 +34,7 @@ from proxy import tokens
 from proxy.config import Section
 from proxy.pipeline.core import Context, Next, Reply
 from proxy.pipeline.followup import context_dependence
-from proxy.pipeline.text import content_text
+from proxy.pipeline.text import MAX_ANALYZED_CHARS, RULE_TEXT_CHARS, content_text
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -171,7 +171,8 @@ def open_tool_call(messages: Iterable[Mapping[str, Any]]) -> bool:
 def closing_question(message: Mapping[str, Any]) -> str:
     """The question an assistant turn ends with ('' when it ends otherwise), followed by
     the names of the tools it called."""
-    sentences = _SENTENCE_END.split(content_text(message.get("content")).strip())
+    tail = content_text(message.get("content"))[-RULE_TEXT_CHARS:]
+    sentences = _SENTENCE_END.split(tail.strip())
     question = sentences[-1] if sentences[-1].endswith("?") else ""
     calls = message.get("tool_calls")
     called = [str(c["function"].get("name", "")) for c in calls
@@ -189,7 +190,7 @@ def request_text(messages: list[dict[str, Any]]) -> str:
         text = content_text(messages[i].get("content"))
         before = messages[i - 1] if i > 0 else None
         if before is not None and before.get("role") == "assistant" and \
-                context_dependence(text) in REPLY_KINDS:
+                len(text) <= MAX_ANALYZED_CHARS and context_dependence(text) in REPLY_KINDS:
             return f"{closing_question(before)} {text}"
         return text
     return ""
@@ -243,8 +244,11 @@ class ToolStripper:
         if choice == "none":
             kept: list[Any] = []
             why = "tool_choice is 'none': the model may not call any tool"
+        elif len(text := request_text(ctx.messages)) > RULE_TEXT_CHARS:
+            kept = list(tools)
+            why = f"the request's text is longer than {RULE_TEXT_CHARS} characters (not searched)"
         else:
-            wanted = content_stems(request_text(ctx.messages), self.rules.ignore_words)
+            wanted = content_stems(text, self.rules.ignore_words)
             kept = [t for t in tools if self.related(t, legacy, wanted)]
             if kept and self.rules.mode == "all_or_none":
                 kept = list(tools)

@@ -8,6 +8,7 @@ from typing import Any
 from proxy.errors import InvalidRequest
 
 SUPPORTED_TOOL_TYPES = ("function",)
+INT32_MAX = 2**31 - 1  # the largest token count a run accepts, as OpenAI's
 _FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _TYPE_LABELS = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
                 dict: "an object", list: "an array"}
@@ -120,8 +121,9 @@ def tool_choice(body: dict[str, Any]) -> Any:
     value = body.get("tool_choice")
     if value is None or value in ("none", "auto", "required"):
         return value
+    function = value.get("function") if isinstance(value, dict) else None
     if (isinstance(value, dict) and value.get("type") == "function"
-            and isinstance((value.get("function") or {}).get("name"), str)):
+            and isinstance(function, dict) and isinstance(function.get("name"), str)):
         return value
     raise _invalid("Invalid 'tool_choice': expected 'none', 'auto', 'required' or "
                    "{\"type\": \"function\", \"function\": {\"name\": ...}} (only function "
@@ -149,10 +151,10 @@ def _content_part(part: Any, param: str) -> dict[str, Any]:
     kind = part.get("type") if isinstance(part, dict) else None
     if kind == "text" and isinstance(part.get("text"), str):
         return {"type": "text", "text": {"value": part["text"], "annotations": []}}
-    if kind == "image_url" and isinstance((part.get("image_url") or {}).get("url"), str):
-        return {"type": "image_url", "image_url": {"url": part["image_url"]["url"],
-                                                   "detail": part["image_url"].get("detail")
-                                                   or "auto"}}
+    image = part.get("image_url") if kind == "image_url" else None
+    if isinstance(image, dict) and isinstance(image.get("url"), str):
+        return {"type": "image_url", "image_url": {"url": image["url"],
+                                                   "detail": image.get("detail") or "auto"}}
     if kind == "image_file":
         raise _invalid(f"Invalid '{param}': image_file content needs the Files API, which this "
                        "proxy does not serve; send the image as an image_url.", param)
@@ -236,8 +238,8 @@ def run_fields(body: dict[str, Any]) -> dict[str, Any]:
         "metadata": metadata(body),
         "temperature": bounded(body, "temperature", float, 0, 2),
         "top_p": bounded(body, "top_p", float, 0, 1),
-        "max_prompt_tokens": bounded(body, "max_prompt_tokens", int, 1, None),
-        "max_completion_tokens": bounded(body, "max_completion_tokens", int, 1, None),
+        "max_prompt_tokens": bounded(body, "max_prompt_tokens", int, 1, INT32_MAX),
+        "max_completion_tokens": bounded(body, "max_completion_tokens", int, 1, INT32_MAX),
         "truncation_strategy": truncation_strategy(body),
         "tool_choice": tool_choice(body),
         "response_format": response_format(body),
