@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aiohttp import web
 
+from proxy.api.streaming import send_stream
 from proxy.api.validate import parse_json_object, validate_chat_request
 from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
-from proxy.errors import PermissionDenied
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.dispatch import dispatch, record
 
@@ -31,9 +30,7 @@ def build_context(request: web.Request, raw: bytes) -> Context:
     tenant = tenant_of(request)
     body = parse_json_object(raw)
     validate_chat_request(body)
-    if not tenant.may_use(body["model"]):
-        raise PermissionDenied(f"This key may not use the model '{body['model']}'.",
-                               param="model", code="model_not_allowed")
+    tenant.require_model(body["model"])
     return Context(request_id=request_id(request), tenant=tenant, body=body, raw=raw,
                    headers=request.headers)
 
@@ -54,21 +51,7 @@ async def _stream(request: web.Request, ctx: Context, reply: Reply) -> web.Strea
     services = request.app[SERVICES]
     headers = reply_headers(ctx, reply)
     headers.update({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    resp = web.StreamResponse(status=reply.status, headers=headers)
-    status = reply.status
-    chunks = reply.chunks
-    assert chunks is not None
-    try:
-        await resp.prepare(request)
-        async for chunk in chunks:
-            await resp.write(chunk)
-        await resp.write_eof()
-    except ConnectionResetError:
-        status = 499  # client went away: the upstream is released, nothing more to send
-    except asyncio.CancelledError:
-        status = 499
-        raise
-    finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
-        record(services, ctx, reply, status=status)
-    return resp
+    assert reply.chunks is not None
+    return await send_stream(request, web.StreamResponse(status=reply.status, headers=headers),
+                             reply.chunks,
+                             lambda status: record(services, ctx, reply, status=status))
