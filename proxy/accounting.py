@@ -10,6 +10,9 @@ at `ctx.baseline_model`, the dearest model the alias can route to.
 It also notes what the recommendations need: a hash of the last user message
 (repeated prompts), `max_tokens`, the tools forwarded with their token sizes and
 the tools the answer called, and the time spent on the upstream.
+
+Pass-through requests (`passthrough_entry`) are billed what their answer's usage says,
+priced where it was read (`proxy.pipeline.passthrough_usage`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import orjson
 
 from proxy import tokens
 from proxy.pipeline.core import Context, Reply, Usage
+from proxy.pipeline.passthrough_usage import Bill
 from proxy.pricing import PriceTable
 from proxy.store.ledger import LedgerEntry
 from proxy.upstream.terminal import UPSTREAM_MS
@@ -141,3 +145,35 @@ def ledger_entry(
 def _max_tokens(body: Mapping[str, Any]) -> int | None:
     value = body.get("max_completion_tokens") or body.get("max_tokens")
     return value if isinstance(value, int) and 0 < value < 2**63 else None
+
+
+def passthrough_entry(ctx: Context, reply: Reply | None, prices: PriceTable, bill: Bill | None,
+                      *, status: int, error: str | None = None) -> LedgerEntry:
+    """The ledger row of a pass-through request: billed what its answer's usage says (none:
+    nothing), its baseline that cost, or for a cache hit what the stored answer cost."""
+    saved = reply.saved_usage if reply is not None else None
+    model = bill.model if bill else (reply.model if reply is not None and reply.model
+                                     else ctx.model)
+    cost = bill.cost_usd if bill else 0.0
+    baseline = (prices.cost(model, saved.prompt_tokens, saved.completion_tokens)
+                if saved is not None else cost)
+    return LedgerEntry(
+        request_id=ctx.request_id,
+        ts=time.time(),
+        tenant=ctx.tenant.name,
+        namespace=ctx.tenant.namespace,
+        requested_model=ctx.requested_model,
+        model=model,
+        stage=reply.stage if reply is not None else "error",
+        prompt_tokens=bill.usage.prompt_tokens if bill else 0,
+        completion_tokens=bill.usage.completion_tokens if bill else 0,
+        cost_usd=cost,
+        baseline_usd=max(baseline, cost),
+        latency_ms=(time.perf_counter() - ctx.started) * 1000.0,
+        status=status,
+        stream=ctx.stream,
+        source=ctx.source,
+        trace=orjson.dumps([d.to_dict() for d in ctx.trace]).decode(),
+        error=error or (reply.error if reply is not None else None),
+        upstream_ms=ctx.scratch.get(UPSTREAM_MS),
+    )

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from proxy.config import KeyConfig
-from proxy.errors import AuthenticationError
+from proxy.errors import AuthenticationError, PermissionDenied
 
 ADMIN_NAME = "admin"  # the admin key's tenant name and namespace; never a tenant key's name
 
@@ -33,6 +33,12 @@ class Tenant:
         """True when the key's `allowed_models` admit `model` (or it has no such list)."""
         allowed = self.policy.allowed_models if self.policy else None
         return allowed is None or any(fnmatch.fnmatchcase(model, p) for p in allowed)
+
+    def require_model(self, model: str) -> None:
+        """Refuse (403 `model_not_allowed`) a model outside the key's `allowed_models`."""
+        if not self.may_use(model):
+            raise PermissionDenied(f"This key may not use the model '{model}'.",
+                                   param="model", code="model_not_allowed")
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:

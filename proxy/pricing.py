@@ -1,7 +1,8 @@
 """Dollar prices per model and the cost of a request.
 
 Prices are USD per 1M tokens (input, output), OpenAI's list prices; config.toml's
-`[pricing.models]` overrides or adds entries. A dated snapshot
+`[pricing.models]` overrides or adds entries. Embedding models bill input tokens only;
+work sent through the Batch API costs BATCH_PRICE_FACTOR of the list price. A dated snapshot
 (`gpt-4o-mini-2024-07-18`) is priced as its longest known prefix; a model that
 matches nothing is priced at the configured default and flagged as unknown.
 """
@@ -29,7 +30,11 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4-turbo": (10.00, 30.00),
     "gpt-4": (30.00, 60.00),
     "gpt-3.5-turbo": (0.50, 1.50),
+    "text-embedding-3-small": (0.02, 0.00),
+    "text-embedding-3-large": (0.13, 0.00),
+    "text-embedding-ada-002": (0.10, 0.00),
 }
+BATCH_PRICE_FACTOR = 0.5  # the Batch API's discount on the list price
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +84,7 @@ class PriceTable:
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
         """USD for a completion of `model` with these token counts."""
         return self.price(model).cost(prompt_tokens, completion_tokens)
+
+    def batch_cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for the same tokens run through the Batch API."""
+        return self.cost(model, prompt_tokens, completion_tokens) * BATCH_PRICE_FACTOR

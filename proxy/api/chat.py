@@ -10,7 +10,6 @@ from aiohttp import web
 from proxy.api.body import read_body
 from proxy.api.validate import parse_json_object, validate_chat_request
 from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
-from proxy.errors import PermissionDenied
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.dispatch import dispatch
 from proxy.pipeline.drain import CLIENT_CLOSED, close_and_record, finish_abandoned
@@ -40,9 +39,7 @@ def build_context(request: web.Request, raw: bytes) -> Context:
     tenant = tenant_of(request)
     body = parse_json_object(raw)
     validate_chat_request(body)
-    if not tenant.may_use(body["model"]):
-        raise PermissionDenied(f"This key may not use the model '{body['model']}'.",
-                               param="model", code="model_not_allowed")
+    tenant.require_model(body["model"])
     return Context(request_id=request_id(request), tenant=tenant, body=body, raw=raw,
                    headers=request.headers)
 

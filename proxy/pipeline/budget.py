@@ -105,7 +105,8 @@ class Budget:
         self.rules, self.limits, self.prices, self.timezone = rules, limits, prices, timezone
         self.alerts, self.daily_usd = alerts, daily_usd
 
-    async def _ask(self, ctx: Context, key: KeyConfig) -> Ask:
+    async def estimate(self, ctx: Context, key: KeyConfig) -> Ask:
+        """What the request asks to hold: its prompt plus the completion it may produce."""
         # memoized per message (trim counted the same messages already); big ones off-loop
         prompt = await tokens.count_request_async(ctx.body)
         completion = completion_tokens_asked(ctx.body, self.rules.completion_estimate)
@@ -116,7 +117,7 @@ class Budget:
         key = ctx.tenant.policy
         if key is None:
             return await call_next(ctx)
-        ask = await self._ask(ctx, key)
+        ask = await self.estimate(ctx, key)
         if ctx.dry_run:
             ctx.decide(self.name, "would_reserve", f"up to ${to_usd(ask.cost):.6f}",
                        tokens=ask.tokens, cost_usd=to_usd(ask.cost))
@@ -145,24 +146,28 @@ class Budget:
             await self._settle(ctx, key, token, ask, reply)
         return reply
 
+    def billed(self, ctx: Context, reply: Reply | None) -> tuple[int, int] | None:
+        """Tokens and nano-dollars the answer used upstream (None: nothing to bill)."""
+        usage = reply.usage if reply is not None and reply.ok else None
+        if usage is None:
+            return None
+        assert reply is not None
+        return usage.total_tokens, to_nanos(self.prices.cost(
+            reply.model or ctx.model, usage.prompt_tokens, usage.completion_tokens))
+
     async def _settle(self, ctx: Context, key: KeyConfig, token: str, ask: Ask,
                       reply: Reply | None) -> None:
         """Replace the hold by the real usage; release it when there is none to bill."""
-        usage = reply.usage if reply is not None and reply.ok else None
-        used = cost = 0
-        if usage is not None:
-            assert reply is not None
-            used = usage.total_tokens
-            cost = to_nanos(self.prices.cost(reply.model or ctx.model, usage.prompt_tokens,
-                                             usage.completion_tokens))
+        billed = self.billed(ctx, reply)
+        used, cost = billed or (0, 0)
         day = current_period("day", self.timezone, time.time())
         try:
             settled = await self.limits.settle(key.name, token, used, cost, ask.period, day)
         except Exception:
             log.exception("could not settle request %s of key %s", ctx.request_id, key.name)
             return
-        ctx.decide(self.name, "settled" if usage else "released",
-                   f"${to_usd(cost):.6f} billed" if usage else "nothing billed",
+        ctx.decide(self.name, "settled" if billed else "released",
+                   f"${to_usd(cost):.6f} billed" if billed else "nothing billed",
                    tokens=used, cost_usd=to_usd(cost), spent_usd=to_usd(settled.spent))
         if self.alerts is not None:
             self.alerts.notify(crossed(key, settled, ask.period, day, self.daily_usd))

@@ -150,11 +150,15 @@ def uncacheable_request(body: Mapping[str, Any], policy: Policy) -> str | None:
 
 
 def request_key(body: Mapping[str, Any], namespace: str, requested_model: str,
-                per_user: bool) -> str:
-    """The sha256 of the canonical request."""
+                per_user: bool, endpoint: str | None = None) -> str:
+    """The sha256 of the canonical request (`endpoint` names any endpoint but chat
+    completions, so that bodies of different endpoints never share a key)."""
     skip = NOT_IN_KEY if per_user else NOT_IN_KEY | IDENTITY_FIELDS
     fields = {k: v for k, v in body.items() if k not in skip}
-    canonical = {"namespace": namespace, "model": requested_model, "request": fields}
+    canonical: dict[str, Any] = {"namespace": namespace, "model": requested_model,
+                                 "request": fields}
+    if endpoint is not None:
+        canonical["endpoint"] = endpoint
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -191,7 +195,7 @@ class ExactCache:
         why_not = uncacheable_request(ctx.body, policy)
         if why_not:
             ctx.decide(self.name, "skip", why_not)
-            return _marked(await call_next(ctx), "bypass")
+            return marked(await call_next(ctx), "bypass")
         key = await self._key(ctx, policy.per_user)
         own = await self._key(ctx, True) if self._scoped(ctx, policy) else None
         keys = [k for k in (key, own) if k is not None]
@@ -205,7 +209,7 @@ class ExactCache:
                 return hit
         else:
             ctx.decide(self.name, "bypass", f"{HEADER}: {directives.raw}", key=key[:16])
-        reply = _marked(await call_next(ctx), "miss" if directives.read else "bypass")
+        reply = marked(await call_next(ctx), "miss" if directives.read else "bypass")
         if not directives.store or ctx.dry_run:
             return reply
 
@@ -297,8 +301,8 @@ class ExactCache:
             ctx.decide(self.name, "not_stored", "write queue full")
 
 
-def _marked(reply: Reply, outcome: str) -> Reply:
-    """Say what the exact cache did, unless a later cache already said more."""
+def marked(reply: Reply, outcome: str) -> Reply:
+    """Say what the exact cache did (`x-proxy-cache`), unless a later cache said more."""
     reply.headers.setdefault(HEADER, outcome)
     return reply
 

@@ -83,6 +83,15 @@ class UpstreamClient:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
+    def authorization(self, upstream: UpstreamConfig) -> dict[str, str]:
+        """The header that carries `upstream`'s key (empty without a key); never log it."""
+        value = self._headers[upstream.name].get("Authorization")
+        return {"Authorization": value} if value else {}
+
+    def stream_timeout(self, upstream: UpstreamConfig) -> aiohttp.ClientTimeout:
+        """Timeouts for an answer of any length: connect, and the gap between chunks."""
+        return self._timeouts[(upstream.name, True)]
+
     def upstream_for(self, model: str) -> UpstreamConfig:
         """The first upstream whose `models` patterns match `model`."""
         found = self._routes.get(model)
@@ -117,13 +126,7 @@ class UpstreamClient:
                 continue
             reply.model = model
             if reply.status in AUTH_STATUS:
-                # the upstream refused the proxy's own key: never hand its message (which
-                # may quote part of that key) to a client whose own key is fine
-                log.error("upstream %s refused the configured key (%d); check %s",
-                          upstream.name, reply.status, upstream.key_env or "its key_env")
-                raise UpstreamError(f"upstream {upstream.name!r} refused the proxy's "
-                                    "credentials; the proxy operator has been told",
-                                    code="upstream_auth_error")
+                raise credentials_refused(upstream, reply.status)
             if reply.ok or reply.status not in RETRYABLE_STATUS:
                 return reply
             failure = reply
@@ -258,6 +261,15 @@ class UpstreamClient:
         result = reply.json()
         assert isinstance(result, dict)
         return result
+
+
+def credentials_refused(upstream: UpstreamConfig, status: int) -> UpstreamError:
+    """The error for an upstream that refused the proxy's own key (401/403): the operator is
+    told in the log; the client never gets upstream's message, which may quote that key."""
+    log.error("upstream %s refused the configured key (%d); check %s",
+              upstream.name, status, upstream.key_env or "its key_env")
+    return UpstreamError(f"upstream {upstream.name!r} refused the proxy's credentials; "
+                         "the proxy operator has been told", code="upstream_auth_error")
 
 
 def _usage_of(reply: Reply) -> Mapping[str, Any] | None:

@@ -1,11 +1,13 @@
 """An OpenAI-shaped fake upstream for demo mode, tests and benchmarks.
 
 It answers `/v1/chat/completions` (streamed or not, n choices, tool calls when
-tools are given and asked for, usage counted with tiktoken) and `/v1/models`;
-it can be slowed (time to first token, tokens per second), told to fail
-(500, 429 with Retry-After, a hang, a stream cut mid-way) or to ignore
-`stream_options.include_usage` (as some OpenAI-compatible servers do), and it
-records every request it received so tests can assert what the proxy forwarded.
+tools are given and asked for, usage counted with tiktoken) and `/v1/models`,
+plus embeddings, moderations, files, batches and audio (proxy/upstream/fake_api.py)
+for the pass-through; it can be slowed (time to first token, tokens per second) and
+told to fail (500, 429 with Retry-After, 401, a hang, a stream cut mid-way) or to
+ignore `stream_options.include_usage` (as some OpenAI-compatible servers do), and it
+records every request it received (`seen`: method, path, query and headers; chat
+bodies in `received`) so tests can assert what the proxy forwarded.
 """
 
 from __future__ import annotations
@@ -23,10 +25,22 @@ from aiohttp import web
 
 from proxy import tokens
 from proxy.pipeline.replies import completion_to_events, make_completion
+from proxy.upstream.fake_api import FakeAPI
 from proxy.upstream.sse import DONE
 
 FAKE_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-5", "gpt-5-mini")
-FAULT_KINDS = ("500", "429", "hang", "cut", "400")
+FAULT_KINDS = ("500", "429", "hang", "cut", "400", "401")
+ERROR_FAULTS = ("500", "429", "400", "401")
+
+
+@dataclass(frozen=True, slots=True)
+class SeenRequest:
+    """One request the fake received: method, path, query string and headers."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
 
 
 @dataclass
@@ -51,6 +65,10 @@ class FakeUpstream:
     received: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10_000))
     received_headers: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=10_000))
     scripted: dict[str, str] = field(default_factory=dict)  # last-message phrase -> answer
+    seen: deque[SeenRequest] = field(default_factory=lambda: deque(maxlen=10_000))
+    files: dict[str, tuple[dict[str, Any], bytes]] = field(default_factory=dict)
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    speech_paused: bool = False  # speech holds after its first piece while True
 
     def fail(self, kind: str, count: int = 1, model: str | None = None,
              retry_after: float = 0.0) -> None:
@@ -64,8 +82,28 @@ class FakeUpstream:
         self.faults.clear()
         self.received.clear()
         self.received_headers.clear()
+        self.seen.clear()
 
-    def _take_fault(self, model: str) -> Fault | None:
+    def calls(self, method: str, path: str) -> int:
+        """How many `method path` requests the fake received."""
+        return sum(1 for r in self.seen if r.method == method and r.path == path)
+
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The fake's chat.completion for a request body."""
+        return answer(body, self.scripted)
+
+    async def fault_reply(self, fault: Fault | None) -> web.Response | None:
+        """The error answer an error fault asks for (a hang waits here for an hour)."""
+        if fault is not None and fault.kind in ERROR_FAULTS:
+            return _error(int(fault.kind), fault.retry_after)
+        if fault is not None and fault.kind == "hang":
+            await asyncio.sleep(3600)
+        return None
+
+    def take_fault(self, model: str) -> Fault | None:
+        """The fault that applies to the next request for `model`, used up by one."""
+        if not self.faults:
+            return None
         for fault in self.faults:
             if fault.model in (None, model):
                 if fault.count > 0:
@@ -77,12 +115,20 @@ class FakeUpstream:
 
     def app(self) -> web.Application:
         """The aiohttp application serving the fake API under /v1."""
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._note])
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/_fake/faults", self.add_fault)
         app.router.add_get("/_fake/requests", self.list_requests)
+        FakeAPI(self).add_routes(app)
         return app
+
+    @web.middleware
+    async def _note(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.record and request.path.startswith("/v1/"):
+            self.seen.append(SeenRequest(request.method, request.path, request.query_string,
+                                         dict(request.headers)))
+        return await handler(request)
 
     async def models(self, request: web.Request) -> web.Response:
         """`GET /v1/models`."""
@@ -107,11 +153,10 @@ class FakeUpstream:
             self.received.append(body)
             self.received_headers.append(dict(request.headers))
         model = str(body.get("model", ""))
-        fault = self._take_fault(model) if self.faults else None
-        if fault and fault.kind in ("500", "429", "400"):
-            return _error(int(fault.kind), fault.retry_after)
-        if fault and fault.kind == "hang":
-            await asyncio.sleep(3600)
+        fault = self.take_fault(model)
+        failure = await self.fault_reply(fault)
+        if failure is not None:
+            return failure
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             return _error(400)
         completion = answer(body, self.scripted)
@@ -146,6 +191,7 @@ def _dumps(obj: Any) -> str:
 
 def _error(status: int, retry_after: float = 0.0) -> web.Response:
     kinds = {400: ("invalid_request_error", "'messages' is a required non-empty array"),
+             401: ("invalid_request_error", "Incorrect API key provided: sk-up****cret."),
              429: ("requests", "Rate limit reached (fake)"),
              500: ("server_error", "The server had an error (fake)")}
     etype, message = kinds[status]

@@ -42,11 +42,12 @@ class UpstreamTerminal:
         finally:
             ctx.scratch[UPSTREAM_MS] = (time.perf_counter() - started) * 1000.0
         if reply.chunks is not None:
-            reply.chunks = _timed(reply.chunks, ctx, started)
+            reply.chunks = timed(reply.chunks, ctx, started)
         return reply
 
 
-async def _timed(chunks: Chunks, ctx: Context, started: float) -> Chunks:
+async def timed(chunks: Chunks, ctx: Context, started: float) -> Chunks:
+    """Pass `chunks` on; at their end note the time since `started` as upstream time."""
     try:
         async for chunk in chunks:
             yield chunk
