@@ -13,7 +13,7 @@ import redis.asyncio
 from aiohttp import web
 
 from proxy import tokens
-from proxy.api import admin, cache, chat, explain, keys, models, observe, threads
+from proxy.api import admin, cache, chat, explain, keys, models, observe, responses, threads
 from proxy.app_keys import PIPELINE, REQUEST_ID, SERVICES, TENANT
 from proxy.auth import KeyRing
 from proxy.config import Config
@@ -156,4 +156,5 @@ def create_app(config: Config, rules_path: str | None = None) -> web.Application
     keys.add_routes(app)
     observe.add_routes(app)
     threads.add_routes(app)
+    responses.add_routes(app)
     return app

@@ -73,8 +73,8 @@ def _check_messages(messages: Any) -> None:
                                  param=f"{where}.tool_call_id", code="missing_required_parameter")
 
 
-def validate_chat_request(body: dict[str, Any]) -> None:
-    """Raise InvalidRequest for a body OpenAI would refuse; unknown fields pass untouched."""
+def validate_model(body: dict[str, Any]) -> str:
+    """The body's `model`: a non-empty printable string of bounded length, else a 400."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("you must provide a model parameter", param="model",
@@ -84,6 +84,12 @@ def validate_chat_request(body: dict[str, Any]) -> None:
         raise InvalidRequest(f"Invalid value for 'model': a model name is at most "
                              f"{MAX_MODEL_CHARS} printable characters.", param="model",
                              code="invalid_value")
+    return model
+
+
+def validate_chat_request(body: dict[str, Any]) -> None:
+    """Raise InvalidRequest for a body OpenAI would refuse; unknown fields pass untouched."""
+    validate_model(body)
     _check_messages(body.get("messages"))
     _check_type(body, "stream", (bool,), "a boolean")
     _check_type(body, "stream_options", (dict,), "an object")
