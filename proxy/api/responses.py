@@ -69,7 +69,9 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     """Answer a Responses request through the pipeline."""
     body = parse_json_object(await request.read())
     need = upstream_need(body)
-    if need is not None:  # merge point: hand these to proxy/api/passthrough.py instead
+    if need is not None:
+        # MERGE POINT: the pass-through forwarder (proxy/api/passthrough.py) takes these
+        # to the upstream's own /v1/responses instead of this refusal.
         raise needs_upstream_error(need)
     validate_request(body)
     tenant = tenant_of(request)
@@ -82,9 +84,9 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     ctx = Context(request_id=request_id(request), tenant=tenant, body=turn.chat,
                   headers=request.headers, source=SOURCE)
     ctx.scratch[THREAD_SUMMARY] = chain.summary
-    services = request.app[SERVICES]
-    reply = await dispatch(request.app[PIPELINE].current, ctx, services)
-    shell = ResponseShell(model=reply.model or ctx.requested_model, echo=turn.echo)
+    shell = ResponseShell(model=ctx.requested_model, echo=turn.echo)
+    reply = await dispatch(request.app[PIPELINE].current, ctx, request.app[SERVICES])
+    shell.model = reply.model or shell.model
     saver = _Saver(store, tenant.name, turn, ctx, chain)
     if not reply.ok or not reply.is_stream:
         return await _whole(request, ctx, reply, shell, saver)

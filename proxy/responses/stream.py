@@ -134,7 +134,7 @@ class ResponseEvents:
                                      part=dict(parts[-1])))
         name, key = _PARTS[kind]
         parts[-1][key] += piece
-        extra = {"logprobs": []} if kind == "output_text" else {}
+        extra: dict[str, Any] = {"logprobs": []} if kind == "output_text" else {}
         events.append(self._emit(f"{name}.delta", item_id=item["id"], output_index=self.open,
                                  content_index=len(parts) - 1, delta=piece, **extra))
         return events
@@ -145,7 +145,7 @@ class ResponseEvents:
             return []
         part = parts[-1]
         name, key = _PARTS[part["type"]]
-        extra = {"logprobs": []} if part["type"] == "output_text" else {}
+        extra: dict[str, Any] = {"logprobs": []} if part["type"] == "output_text" else {}
         where = {"item_id": item["id"], "output_index": self.open,
                  "content_index": len(parts) - 1}
         return [self._emit(f"{name}.done", **where, **{key: part[key]}, **extra),

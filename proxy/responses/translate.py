@@ -263,7 +263,6 @@ class Turn:
     input_items: list[Item]
     echo: dict[str, Any]
     store: bool = True
-    stream: bool = False
 
 
 def translate_request(body: Mapping[str, Any], history: Sequence[Mapping[str, Any]] = ()
@@ -271,8 +270,7 @@ def translate_request(body: Mapping[str, Any], history: Sequence[Mapping[str, An
     """A validated Responses body (continuing `history`) as a chat request."""
     items = input_items(body.get("input"))
     return Turn(chat=chat_body(body, history, items), input_items=items,
-                echo=echoed_fields(body), store=body.get("store", True) is not False,
-                stream=bool(body.get("stream")))
+                echo=echoed_fields(body), store=body.get("store", True) is not False)
 
 
 # --- chat answer -> Response --------------------------------------------------------------
