@@ -13,7 +13,18 @@ import redis.asyncio
 from aiohttp import web
 
 from proxy import tokens
-from proxy.api import admin, cache, chat, explain, keys, models, observe, passthrough, threads
+from proxy.api import (
+    admin,
+    cache,
+    chat,
+    explain,
+    keys,
+    models,
+    observe,
+    passthrough,
+    responses,
+    threads,
+)
 from proxy.app_keys import PIPELINE, REQUEST_ID, SERVICES, TENANT
 from proxy.auth import KeyRing
 from proxy.config import Config
@@ -153,6 +164,7 @@ def create_app(config: Config, rules_path: str | None = None) -> web.Application
     keys.add_routes(app)
     observe.add_routes(app)
     threads.add_routes(app)
+    responses.add_routes(app)
     # last: every other /v1 path goes to the upstream as it came
     app.router.add_route("*", "/v1/{tail:.*}", passthrough.forward)
     return app

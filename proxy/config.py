@@ -169,6 +169,7 @@ class StorageConfig:
     redis_failure: str = "open"
     redis_timeout: float = 1.0
     ledger_stream_max: int = 100_000  # ledger rows the shared Redis stream keeps
+    responses_ttl_days: float = 30.0  # how long stored /v1/responses objects are kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +308,7 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
     admin.reject_unknown({"key_sha256", "keys_sync_seconds", "metrics_public"})
     st = root.sub("storage")
     st.reject_unknown({"backend", "sqlite_path", "redis_url", "redis_failure", "redis_prefix",
-                       "redis_timeout", "ledger_stream_max"})
+                       "redis_timeout", "ledger_stream_max", "responses_ttl_days"})
     storage = StorageConfig(
         backend=st.choice("backend", ("sqlite", "redis"), "sqlite"),
         sqlite_path=st.str("sqlite_path", "proxy.db"),
@@ -316,6 +317,7 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
         redis_failure=st.choice("redis_failure", ("open", "closed"), "open"),
         redis_timeout=st.float("redis_timeout", 1.0, minimum=0.001),
         ledger_stream_max=st.int("ledger_stream_max", 100_000, minimum=1_000),
+        responses_ttl_days=st.float("responses_ttl_days", 30.0, minimum=0.001),
     )
     if not storage.redis_url.startswith(("redis://", "rediss://")):
         raise st.error("must be a redis:// or rediss:// URL", "redis_url")

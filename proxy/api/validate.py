@@ -211,8 +211,8 @@ def _check_stop(stop: Any) -> None:
         raise _invalid_type("stop", "a string or an array of strings", stop)
 
 
-def validate_chat_request(body: dict[str, Any]) -> None:
-    """Raise InvalidRequest for a body OpenAI would refuse; unknown fields pass untouched."""
+def validate_model(body: dict[str, Any]) -> str:
+    """The body's `model`: a non-empty printable string of bounded length, else a 400."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("you must provide a model parameter", param="model",
@@ -222,6 +222,12 @@ def validate_chat_request(body: dict[str, Any]) -> None:
         raise InvalidRequest(f"Invalid value for 'model': a model name is at most "
                              f"{MAX_MODEL_CHARS} printable characters.", param="model",
                              code="invalid_value")
+    return model
+
+
+def validate_chat_request(body: dict[str, Any]) -> None:
+    """Raise InvalidRequest for a body OpenAI would refuse; unknown fields pass untouched."""
+    validate_model(body)
     _check_messages(body.get("messages"))
     for key, (kinds, label) in _TYPED.items():
         _check_type(body, key, kinds, label)

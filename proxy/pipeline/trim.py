@@ -13,7 +13,8 @@ key's budget and tpm (charges.py); if the key has no room for it, or it fails,
 the older turns are simply dropped and the trace says why.
 
 `plan_trim` and `TrimPlan` are plain functions of a message list, reused by
-thread runs (which keep the summary on the thread).
+thread runs (which keep the summary on the thread); /v1/responses keeps it with
+each stored response of a chain.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from proxy.pipeline.summary import (
     summary_message,
 )
 
-# Thread runs hand in the summary stored on their thread and keep the one this stage used.
+# Thread runs and response chains hand in the summary stored with them and keep the one
+# this stage used.
 THREAD_SUMMARY = "thread_summary"
 NEW_SUMMARY = "trim_summary"
 

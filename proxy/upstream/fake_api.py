@@ -7,7 +7,8 @@ files (multipart upload read as a stream, list, retrieve, content, delete), batc
 `validating`, and the batch is `completed` from the first retrieve on, with an
 output file of chat completions and the usage of all of them), audio speech
 (streamed in pieces; it can be paused after the first piece, or cut), audio
-transcriptions (multipart), and OpenAI's 404 `Invalid URL` for any other path.
+transcriptions (multipart), non-streamed responses (for requests with hosted tools the
+proxy forwards), and OpenAI's 404 `Invalid URL` for any other path.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class FakeAPI:
         app.router.add_get("/v1/batches/{id}", self.retrieve_batch)
         app.router.add_post("/v1/audio/speech", self.speech)
         app.router.add_post("/v1/audio/transcriptions", self.transcription)
+        app.router.add_post("/v1/responses", self.responses)
         app.router.add_route("*", "/v1/{tail:.*}", self.unknown)
 
     async def unknown(self, request: web.Request) -> web.Response:
@@ -109,6 +111,27 @@ class FakeAPI:
             data.append({"object": "embedding", "index": index, "embedding": embedding})
         return web.json_response({"object": "list", "data": data, "model": model,
                                   "usage": {"prompt_tokens": used, "total_tokens": used}})
+
+    async def responses(self, request: web.Request) -> web.Response:
+        """`POST /v1/responses` (non-streamed): what the proxy forwards when a request needs
+        the upstream's own state (hosted tools, background, conversations)."""
+        body = orjson.loads(await request.read())
+        model = str(body.get("model") or "")
+        text = f"(fake {model} response with hosted tools)"
+        used = tokens.count_text(orjson.dumps(body.get("input")).decode(), model)
+        out = tokens.count_text(text, model)
+        return web.json_response({
+            "id": "resp_" + secrets.token_hex(8), "object": "response",
+            "created_at": int(time.time()), "status": "completed", "model": model,
+            "output": [{"type": "message", "id": "msg_" + secrets.token_hex(8),
+                        "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": text,
+                                     "annotations": []}]}],
+            "usage": {"input_tokens": used, "output_tokens": out,
+                      "total_tokens": used + out,
+                      "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens_details": {"reasoning_tokens": 0}},
+            "parallel_tool_calls": True, "tool_choice": "auto", "tools": body.get("tools", [])})
 
     async def moderations(self, request: web.Request) -> web.Response:
         """`POST /v1/moderations`."""
