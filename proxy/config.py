@@ -135,6 +135,7 @@ class UpstreamConfig:
     total_timeout: float = 600.0
     max_retries: int = 2
     backoff_seconds: float = 0.25
+    prompt_cache_key: bool = True
 
     def api_key(self) -> str | None:
         """The upstream key, read from the environment (never stored in config)."""
@@ -195,7 +196,7 @@ class Config:
     keys: tuple[KeyConfig, ...]
     admin_key_sha256: str | None
     storage: StorageConfig
-    prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    prices: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
     default_price: tuple[float, float] = (2.50, 10.00)
     alerts_webhook: str | None = None
     alerts_daily_usd: tuple[float, ...] = ()
@@ -221,7 +222,8 @@ def _sha256(section: Section, key: str) -> str:
 
 def _parse_upstream(s: Section) -> UpstreamConfig:
     s.reject_unknown({"name", "base_url", "key_env", "models", "connect_timeout",
-                      "first_byte_timeout", "total_timeout", "max_retries", "backoff_seconds"})
+                      "first_byte_timeout", "total_timeout", "max_retries", "backoff_seconds",
+                      "prompt_cache_key"})
     name, base_url = s.str("name"), s.str("base_url")
     if not name or not base_url:
         raise s.error("needs both name and base_url")
@@ -237,6 +239,7 @@ def _parse_upstream(s: Section) -> UpstreamConfig:
         total_timeout=s.float("total_timeout", 600.0, minimum=0.001),
         max_retries=s.int("max_retries", 2, minimum=0),
         backoff_seconds=s.float("backoff_seconds", 0.25, minimum=0.0),
+        prompt_cache_key=s.bool("prompt_cache_key", True),
     )
 
 
@@ -323,10 +326,14 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
     prices = {}
     for model in models.table:
         m = models.sub(model)
-        m.reject_unknown({"input", "output"})
-        prices[model] = (m.float("input", minimum=0.0), m.float("output", minimum=0.0))
-        if None in prices[model]:
+        m.reject_unknown({"input", "output", "cached_input"})
+        spec = (m.float("input", minimum=0.0), m.float("output", minimum=0.0))
+        if None in spec:
             raise m.error("needs both input and output (USD per 1M tokens)")
+        cached = m.float("cached_input", spec[0], minimum=0.0)
+        if cached > spec[0]:
+            raise m.error(f"must be <= input ({spec[0]:g}), got {cached:g}", "cached_input")
+        prices[model] = (*spec, cached)
     alerts = root.sub("alerts")
     alerts.reject_unknown({"webhook_url", "daily_spend_usd"})
     return Config(

@@ -151,8 +151,7 @@ class Budget:
         if usage is not None:
             assert reply is not None
             used = usage.total_tokens
-            cost = to_nanos(self.prices.cost(reply.model or ctx.model, usage.prompt_tokens,
-                                             usage.completion_tokens))
+            cost = to_nanos(self.prices.usage_cost(reply.model or ctx.model, usage))
         day = current_period("day", self.timezone, time.time())
         try:
             settled = await self.limits.settle(key.name, token, used, cost, ask.period, day)

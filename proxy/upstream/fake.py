@@ -1,7 +1,8 @@
 """An OpenAI-shaped fake upstream for demo mode, tests and benchmarks.
 
 It answers `/v1/chat/completions` (streamed or not, n choices, tool calls when
-tools are given and asked for, usage counted with tiktoken) and `/v1/models`;
+tools are given and asked for, usage counted with tiktoken, `cached_tokens` from a
+simulated prompt cache, see fake_cache.py) and `/v1/models`;
 it can be slowed (time to first token, tokens per second) and told to fail
 (500, 429 with Retry-After, a hang, a stream cut mid-way), and it records
 every request it received so tests can assert what the proxy forwarded.
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from proxy import tokens
 from proxy.pipeline.replies import completion_to_events, make_completion
+from proxy.upstream.fake_cache import FakePromptCache
 from proxy.upstream.sse import DONE
 
 FAKE_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-5", "gpt-5-mini")
@@ -49,6 +51,7 @@ class FakeUpstream:
     received: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10_000))
     received_headers: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=10_000))
     scripted: dict[str, str] = field(default_factory=dict)  # last-message phrase -> answer
+    prompt_cache: FakePromptCache = field(default_factory=FakePromptCache)
 
     def fail(self, kind: str, count: int = 1, model: str | None = None,
              retry_after: float = 0.0) -> None:
@@ -58,10 +61,11 @@ class FakeUpstream:
         self.faults.append(Fault(kind, count, model, retry_after))
 
     def reset(self) -> None:
-        """Forget faults and recorded requests."""
+        """Forget faults, recorded requests and cached prompt prefixes."""
         self.faults.clear()
         self.received.clear()
         self.received_headers.clear()
+        self.prompt_cache.clear()
 
     def _take_fault(self, model: str) -> Fault | None:
         for fault in self.faults:
@@ -113,6 +117,10 @@ class FakeUpstream:
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             return _error(400)
         completion = answer(body, self.scripted)
+        usage = completion["usage"]
+        usage["prompt_tokens_details"] = {
+            "cached_tokens": min(self.prompt_cache.read_and_write(body), usage["prompt_tokens"]),
+            "audio_tokens": 0}
         if self.ttft:
             await asyncio.sleep(self.ttft)
         if not body.get("stream"):
