@@ -8,12 +8,13 @@ requested model, the untrimmed prompt (stages that shrink the prompt record
 answers, the usage they saved). A request for an alias such as `auto` is priced
 at `ctx.baseline_model`, the dearest model the alias can route to.
 
-The baseline's cached tokens: a request the proxy forwarded at its original size
-is the baseline request itself, so it has the cached tokens upstream reported.
-A request the proxy shrank (tools, trim) or answered for free is priced as if the
-client's previous turn were in the upstream's cache (`prompt_cache.py`), and never
-with fewer cached tokens than the proxy's own request got: the best case for the
-client, so savings are never overstated by assuming a cold cache for the client.
+The baseline's cached tokens: a request the proxy forwarded with the client's
+prompt and model is the baseline request itself, so it has the cached tokens
+upstream reported. One the proxy shrank (tools, trim), routed to another model or
+answered for free is priced as if the client's previous turn were in the upstream's
+cache (`prompt_cache.py`), and never with fewer cached tokens than the proxy's own
+request got: the client's best case, so savings are a floor, never overstated by
+assuming the client's cache cold.
 
 It also notes what the recommendations need: a hash of the last user message
 (repeated prompts), `max_tokens`, the tools forwarded with their token sizes and
@@ -91,10 +92,11 @@ def baseline_usage(ctx: Context, reply: Reply | None) -> Usage:
                      min(warm_cached_tokens(ctx.client_body), saved.prompt_tokens))
     billed = reply.usage if reply is not None else None
     prompt = ctx.baseline_prompt_tokens
-    if prompt is None and billed is not None:
+    if prompt is None and billed is not None and reply is not None \
+            and (reply.model or ctx.model) == ctx.requested_model:
         return Usage(billed.prompt_tokens, billed.completion_tokens, billed.cached_tokens)
     if prompt is None:
-        prompt = tokens.count_request(ctx.body)
+        prompt = billed.prompt_tokens if billed else tokens.count_request(ctx.body)
     cached = max(billed.cached_tokens if billed else 0, warm_cached_tokens(ctx.client_body))
     return Usage(prompt, billed.completion_tokens if billed else 0, min(cached, prompt))
 

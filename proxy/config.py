@@ -197,7 +197,7 @@ class Config:
     admin_key_sha256: str | None
     storage: StorageConfig
     prices: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
-    default_price: tuple[float, float] = (2.50, 10.00)
+    default_price: tuple[float, float, float] = (2.50, 10.00, 1.25)
     alerts_webhook: str | None = None
     alerts_daily_usd: tuple[float, ...] = ()
     keys_sync_seconds: float = 2.0
@@ -262,6 +262,17 @@ def parse_key(name: str, s: Section) -> KeyConfig:
     )
 
 
+def _default_price(s: Section) -> tuple[float, float, float]:
+    """`[pricing]` default_input/output/cached_input: gpt-4o's prices, and by default
+    half the input price for cached input (gpt-4o's discount)."""
+    input_price = s.float("default_input", 2.50, minimum=0.0)
+    cached = s.float("default_cached_input", input_price / 2, minimum=0.0)
+    if cached > input_price:
+        raise s.error(f"must be <= default_input ({input_price:g}), got {cached:g}",
+                      "default_cached_input")
+    return input_price, s.float("default_output", 10.00, minimum=0.0), cached
+
+
 def _parse_fallbacks(s: Section, upstreams: tuple[UpstreamConfig, ...]) -> dict[str, Any]:
     names = {u.name for u in upstreams}
     chains: dict[str, tuple[tuple[str, str], ...]] = {}
@@ -321,7 +332,7 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
     if not storage.redis_url.startswith(("redis://", "rediss://")):
         raise st.error("must be a redis:// or rediss:// URL", "redis_url")
     pricing = root.sub("pricing")
-    pricing.reject_unknown({"default_input", "default_output", "models"})
+    pricing.reject_unknown({"default_input", "default_output", "default_cached_input", "models"})
     models = pricing.sub("models")
     prices = {}
     for model in models.table:
@@ -345,8 +356,7 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
         admin_key_sha256=_sha256(admin, "key_sha256") if "key_sha256" in admin.table else None,
         storage=storage,
         prices=prices,
-        default_price=(pricing.float("default_input", 2.50, minimum=0.0),
-                       pricing.float("default_output", 10.00, minimum=0.0)),
+        default_price=_default_price(pricing),
         alerts_webhook=alerts.str("webhook_url"),
         alerts_daily_usd=_thresholds(alerts, "daily_spend_usd"),
         keys_sync_seconds=admin.float("keys_sync_seconds", 2.0, minimum=0.05),

@@ -75,7 +75,7 @@ class PriceTable:
     def __init__(
         self,
         overrides: Mapping[str, PriceSpec] | None = None,
-        default: PriceSpec = (2.50, 10.00),
+        default: PriceSpec = (2.50, 10.00, 1.25),
     ) -> None:
         self._prices = {**DEFAULT_PRICES, **(overrides or {})}
         self._by_length = sorted(self._prices, key=len, reverse=True)

@@ -32,6 +32,13 @@ def test_a_request_sent_as_the_client_sent_it_is_its_own_baseline() -> None:
     assert row.cost_usd == row.baseline_usd == pytest.approx((1900 * 2.5 + 40 * 10) / 1e6)
 
 
+def test_a_routed_request_is_compared_with_the_client_model_found_warm() -> None:
+    ctx = make_context({**BODY, "model": "auto"})
+    ctx.set_model("gpt-4o-mini")
+    reply = Reply(stage="upstream", model="gpt-4o-mini", usage=Usage(1900, 40, 0))
+    assert baseline_usage(ctx, reply) == Usage(1900, 40, WARM)
+
+
 def test_a_shrunk_request_is_compared_with_the_client_request_found_warm() -> None:
     ctx = make_context(dict(BODY))
     ctx.baseline_prompt_tokens = 3000
