@@ -196,7 +196,8 @@ def _cli_config(tmp_path: Path) -> Path:
 def test_cli_stats_prints_the_totals_table(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     with LiveProxy(tmp_path) as live:
-        insert_entries(live, [sample_entry(ts=DAY, cost_usd=0.25, baseline_usd=1.0),
+        insert_entries(live, [sample_entry(ts=DAY, prompt_tokens=2000, cached_tokens=1024,
+                                           cost_usd=0.25, baseline_usd=1.0),
                               sample_entry(ts=DAY + 86_400, stage="exact_cache",
                                            baseline_usd=0.5)])
     config = _cli_config(tmp_path)
@@ -204,9 +205,10 @@ def test_cli_stats_prints_the_totals_table(tmp_path: Path,
                  "--group-by", "day"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
-    assert rows["2025-03-01"][1:8] == ["1", "0", "0", "0.250000", "1.000000", "0.750000", "75.0"]
-    assert rows["2025-03-02"][9] == "100.0%"  # the exact-cache hit rate that day
-    assert rows["TOTAL"][1] == "2" and rows["TOTAL"][7] == "83.3"
+    assert rows["2025-03-01"][1:9] == ["1", "2000", "1024", "0", "0.250000", "1.000000",
+                                       "0.750000", "75.0"]
+    assert rows["2025-03-02"][10] == "100.0%"  # the exact-cache hit rate that day
+    assert rows["TOTAL"][1] == "2" and rows["TOTAL"][8] == "83.3"
     assert main(["stats", "--config", str(config), "--from", "2025-03-01", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["totals"]["cost_usd"] == 0.25
 
