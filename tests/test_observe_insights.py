@@ -182,6 +182,7 @@ def test_one_json_log_line_per_request_without_bodies(live: LiveProxy,
     assert (line["id"], line["key"], line["stage"], line["model"], line["status"]) == (
         raw.headers["x-request-id"], "alice", "upstream", "gpt-4o", 200)
     assert line["prompt_tokens"] > 0 and line["cost_usd"] > 0 and line["latency_ms"] > 0
+    assert line["cached_tokens"] == 0  # a first, short prompt: nothing cached upstream
     assert "my private words" not in caplog.text
 
 
