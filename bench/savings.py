@@ -1,7 +1,7 @@
 """Replay the coaching workload through the proxy and report what it saved.
 
     python bench/savings.py [--rules rules/config.toml] [--limit N] [--mode chat|threads]
-                            [--replicas N]
+                            [--replicas N] [--system-tokens N]
 
 chat mode: each user is one conversation, sent as a chat app does it: a system
 prompt, three tool definitions (~500 tokens), the whole growing history, model
@@ -12,7 +12,9 @@ stage, the model mix, tokens sent vs as sent, cost vs baseline, and answers
 given where they should not have been (pattern replies to non-greetings, cache
 hits on context-dependent messages). `--replicas N` (chat mode) runs N proxies over one
 store and sends each event to the next one in turn, as a load balancer would: the
-caches must then work across processes.
+caches must then work across processes. The fake upstream's prompt cache runs on the
+workload's clock (a prompt stays cached 10 minutes, so not between a user's sessions);
+`--system-tokens N` pads the system prompt so prompts are long enough to be cached.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from proxy import tokens  # noqa: E402
 from proxy.testing import LiveProxy  # noqa: E402
 
 WORKLOAD = Path(os.environ.get("PROXY_WORKLOAD",
@@ -74,7 +77,27 @@ TOOLS: list[dict[str, Any]] = [
             "reminder_time": {"type": "string", "description": "HH:MM local time"}},
             "required": ["title"]}}},
 ]
+GUIDELINES = (
+    "Celebrate the habit the user just completed and name it.",
+    "Suggest one concrete next step, with a time of day.",
+    "When the user missed a day, normalise it and plan the next attempt.",
+    "Tie advice to the goal the user set, and to its deadline.",
+    "Prefer small, specific changes over big plans.",
+    "Ask about sleep, energy and mood before raising a target.",
+    "Never shame the user; keep the tone friendly and direct.",
+    "Use the tools to log habits, read stats and change goals when asked.",
+)
 GREETING_KINDS = {"greeting", "completion"}
+
+
+def system_prompt(pad_tokens: int) -> str:
+    """The app's system prompt, padded with numbered coaching guidelines to at least
+    `pad_tokens` more tokens (production prompts often pass the 1,024 tokens from which
+    OpenAI caches a prefix)."""
+    lines = [SYSTEM]
+    while pad_tokens > 0 and tokens.count_text("\n".join(lines[1:])) < pad_tokens:
+        lines.append(f"Guideline {len(lines)}: {GUIDELINES[(len(lines) - 1) % len(GUIDELINES)]}")
+    return "\n".join(lines)
 FREE_STAGES = {"pattern", "exact_cache", "semantic_cache"}
 
 
@@ -84,7 +107,15 @@ def load_events(limit: int | None) -> list[dict[str, Any]]:
     return events[:limit] if limit else events
 
 
-def replay_chat(lives: list[LiveProxy], events: list[dict[str, Any]], model: str) -> list[str]:
+def set_clock(lives: list[LiveProxy], t: float) -> None:
+    """Let the fake upstream's prompt cache live in the workload's time, so a cached
+    prompt expires between a user's sessions as it would upstream."""
+    for live in lives:
+        live.fake.prompt_cache.clock = lambda: t
+
+
+def replay_chat(lives: list[LiveProxy], events: list[dict[str, Any]], model: str,
+                system: str = SYSTEM) -> list[str]:
     """Send every event as the chat app would (event i to proxy i mod N); returns the
     answering stage per event.
 
@@ -95,13 +126,14 @@ def replay_chat(lives: list[LiveProxy], events: list[dict[str, Any]], model: str
     histories: dict[str, list[dict[str, Any]]] = {}
     stages = []
     for i, ev in enumerate(events):
+        set_clock(lives, ev["t"])
         client = clients[i % len(clients)]
         history = histories.setdefault(ev["user"], [])
         history.append({"role": "user", "content": ev["text"]})
         first_stage = None
         while True:
             raw = client.chat.completions.with_raw_response.create(
-                model=model, messages=[{"role": "system", "content": SYSTEM}, *history],
+                model=model, messages=[{"role": "system", "content": system}, *history],
                 tools=TOOLS, metadata={"user_id": ev["user"]})
             first_stage = first_stage or raw.headers.get("x-proxy-stage", "upstream")
             message = raw.parse().choices[0].message
@@ -114,18 +146,19 @@ def replay_chat(lives: list[LiveProxy], events: list[dict[str, Any]], model: str
     return stages
 
 
-def replay_threads(lives: list[LiveProxy], events: list[dict[str, Any]],
-                   model: str) -> list[str]:
+def replay_threads(lives: list[LiveProxy], events: list[dict[str, Any]], model: str,
+                   system: str = SYSTEM) -> list[str]:
     """One thread per user, one run per message, through the Assistants surface (of the
     first proxy); tool calls are answered with submit_tool_outputs. Returns the stage of
     each run's first turn."""
     live = lives[0]
     client = live.client()
-    assistant = client.beta.assistants.create(model=model, instructions=SYSTEM,
+    assistant = client.beta.assistants.create(model=model, instructions=system,
                                               tools=TOOLS)  # type: ignore[arg-type]
     threads: dict[str, str] = {}
     stages = []
     for ev in events:
+        set_clock(lives, ev["t"])
         if ev["user"] not in threads:
             threads[ev["user"]] = client.beta.threads.create().id
         thread_id = threads[ev["user"]]
@@ -195,6 +228,7 @@ def summarize(events: list[dict[str, Any]], stages: list[str],
         "answered_by": {k: f"{v / n:.1%}" for k, v in Counter(stages).most_common()},
         "upstream_models": dict(models),
         "prompt_tokens_sent": sum(r["prompt_tokens"] for r in rows),
+        "cached_tokens": sum(r["cached_tokens"] or 0 for r in rows),
         "cost_usd": round(cost, 4),
         "baseline_usd": round(baseline, 4),
         "saved": f"{1 - cost / baseline:.1%}" if baseline else "n/a",
@@ -220,6 +254,8 @@ def main() -> None:
                              "by default) or auto (the proxy routes; baseline still gpt-4o)")
     parser.add_argument("--replicas", type=int, default=1,
                         help="proxies over one sqlite store, taking events in turn (chat)")
+    parser.add_argument("--system-tokens", type=int, default=0,
+                        help="pad the system prompt with this many tokens of guidelines")
     parser.add_argument("--out", default=None, help="write the JSON summary here")
     args = parser.parse_args()
     if args.replicas > 1 and args.mode != "chat":
@@ -231,13 +267,14 @@ def main() -> None:
                  for _ in range(args.replicas)]
         start = time.perf_counter()
         replay = replay_chat if args.mode == "chat" else replay_threads
-        stages = replay(lives, events, args.model)
+        stages = replay(lives, events, args.model, system_prompt(args.system_tokens))
         seconds = time.perf_counter() - start
         for live in lives[1:]:  # every replica's rows are in the one database
             live.run(live.services.ledger.flush())
         rows = [r for r in lives[0].ledger_rows()
                 if r["source"] in (args.mode.rstrip("s"), "summary")]
     summary = {"mode": args.mode, "model": args.model, "replicas": args.replicas,
+               "system_tokens": tokens.count_text(system_prompt(args.system_tokens)),
                **summarize(events, stages, rows, seconds)}
     text = json.dumps(summary, indent=2, ensure_ascii=False)
     print(text)

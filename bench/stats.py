@@ -24,7 +24,7 @@ import aiosqlite
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxy.observe.recommend import recommendations  # noqa: E402
-from proxy.observe.stats import STATS_INDEX, stats  # noqa: E402
+from proxy.observe.stats import create_stats_index, stats  # noqa: E402
 from proxy.observe.window import DAY, Window  # noqa: E402
 from proxy.pricing import PriceTable  # noqa: E402
 from proxy.store.ledger import Ledger, LedgerEntry  # noqa: E402
@@ -91,7 +91,7 @@ async def main() -> None:
     ledger = Ledger(db)
     await ledger.start()
     await ledger.close()
-    await db.execute(STATS_INDEX)
+    await create_stats_index(db)
     await db.close()
     refresh = [0.0, 0.0]
     print(f"{'call':16} {'wall ms':>8} {'cpu ms':>8}  (medians of {args.repeat})")

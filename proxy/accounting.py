@@ -1,11 +1,20 @@
 """Turn a finished request into a ledger row: tokens, cost, and baseline cost.
 
-Cost is what was billed upstream, priced for the model actually used. The
-baseline is what the request *as the client sent it* would have cost: the
+Cost is what was billed upstream, priced for the model actually used, with the
+prompt tokens the upstream read from its prompt cache at the cached-input rate.
+The baseline is what the request *as the client sent it* would have cost: the
 requested model, the untrimmed prompt (stages that shrink the prompt record
 `ctx.baseline_prompt_tokens`), and the completion the answer had (for free
 answers, the usage they saved). A request for an alias such as `auto` is priced
 at `ctx.baseline_model`, the dearest model the alias can route to.
+
+The baseline's cached tokens: a request the proxy forwarded with the client's
+prompt and model is the baseline request itself, so it has the cached tokens
+upstream reported. One the proxy shrank (tools, trim), routed to another model or
+answered for free is priced as if the client's previous turn were in the upstream's
+cache (`prompt_cache.py`), and never with fewer cached tokens than the proxy's own
+request got: the client's best case, so savings are a floor, never overstated by
+assuming the client's cache cold.
 
 It also notes what the recommendations need: a hash of the last user message
 (repeated prompts), `max_tokens`, the tools forwarded with their token sizes and
@@ -29,6 +38,7 @@ import orjson
 from proxy import tokens
 from proxy.pipeline.core import Context, Reply, Usage
 from proxy.pipeline.passthrough_usage import Bill
+from proxy.pipeline.prompt_cache import warm_cached_tokens
 from proxy.pricing import PriceTable
 from proxy.store.ledger import LedgerEntry
 from proxy.upstream.terminal import UPSTREAM_MS
@@ -94,14 +104,20 @@ def tools_called(answer: Mapping[str, Any] | None) -> str | None:
 
 
 def baseline_usage(ctx: Context, reply: Reply | None) -> Usage:
-    """Tokens the request would have used without the proxy."""
+    """Tokens the request would have used without the proxy (cached ones included)."""
     if reply is not None and reply.saved_usage is not None:
-        return reply.saved_usage
+        saved = reply.saved_usage
+        return Usage(saved.prompt_tokens, saved.completion_tokens,
+                     min(warm_cached_tokens(ctx.client_body), saved.prompt_tokens))
     billed = reply.usage if reply is not None else None
     prompt = ctx.baseline_prompt_tokens
+    if prompt is None and billed is not None and reply is not None \
+            and (reply.model or ctx.model) == ctx.requested_model:
+        return Usage(billed.prompt_tokens, billed.completion_tokens, billed.cached_tokens)
     if prompt is None:
         prompt = billed.prompt_tokens if billed else tokens.count_request(ctx.body)
-    return Usage(prompt, billed.completion_tokens if billed else 0)
+    cached = max(billed.cached_tokens if billed else 0, warm_cached_tokens(ctx.client_body))
+    return Usage(prompt, billed.completion_tokens if billed else 0, min(cached, prompt))
 
 
 def ledger_entry(
@@ -111,10 +127,9 @@ def ledger_entry(
     """The ledger row for a finished request (`answer`: the chat.completion, if captured)."""
     billed = reply.usage if reply is not None and reply.stage == "upstream" else None
     model = (reply.model if reply is not None and reply.model else ctx.model)
-    cost = prices.cost(model, billed.prompt_tokens, billed.completion_tokens) if billed else 0.0
+    cost = prices.usage_cost(model, billed) if billed else 0.0
     base = baseline_usage(ctx, reply) if status < 400 else Usage()
-    baseline = prices.cost(ctx.baseline_model or ctx.requested_model, base.prompt_tokens,
-                           base.completion_tokens)
+    baseline = prices.usage_cost(ctx.baseline_model or ctx.requested_model, base)
     sent = tools_sent(ctx.body)
     return LedgerEntry(
         request_id=ctx.request_id,
@@ -126,6 +141,7 @@ def ledger_entry(
         stage=reply.stage if reply is not None else "error",
         prompt_tokens=billed.prompt_tokens if billed else 0,
         completion_tokens=billed.completion_tokens if billed else 0,
+        cached_tokens=billed.cached_tokens if billed else 0,
         cost_usd=cost,
         baseline_usd=max(baseline, cost),
         latency_ms=(time.perf_counter() - ctx.started) * 1000.0,

@@ -135,6 +135,7 @@ class UpstreamConfig:
     total_timeout: float = 600.0
     max_retries: int = 2
     backoff_seconds: float = 0.25
+    prompt_cache_key: bool = True
 
     def api_key(self) -> str | None:
         """The upstream key, read from the environment (never stored in config)."""
@@ -197,8 +198,8 @@ class Config:
     keys: tuple[KeyConfig, ...]
     admin_key_sha256: str | None
     storage: StorageConfig
-    prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
-    default_price: tuple[float, float] = (2.50, 10.00)
+    prices: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
+    default_price: tuple[float, float, float] = (2.50, 10.00, 1.25)
     alerts_webhook: str | None = None
     alerts_daily_usd: tuple[float, ...] = ()
     keys_sync_seconds: float = 2.0
@@ -223,7 +224,8 @@ def _sha256(section: Section, key: str) -> str:
 
 def _parse_upstream(s: Section) -> UpstreamConfig:
     s.reject_unknown({"name", "base_url", "key_env", "models", "connect_timeout",
-                      "first_byte_timeout", "total_timeout", "max_retries", "backoff_seconds"})
+                      "first_byte_timeout", "total_timeout", "max_retries", "backoff_seconds",
+                      "prompt_cache_key"})
     name, base_url = s.str("name"), s.str("base_url")
     if not name or not base_url:
         raise s.error("needs both name and base_url")
@@ -239,6 +241,7 @@ def _parse_upstream(s: Section) -> UpstreamConfig:
         total_timeout=s.float("total_timeout", 600.0, minimum=0.001),
         max_retries=s.int("max_retries", 2, minimum=0),
         backoff_seconds=s.float("backoff_seconds", 0.25, minimum=0.0),
+        prompt_cache_key=s.bool("prompt_cache_key", True),
     )
 
 
@@ -259,6 +262,17 @@ def parse_key(name: str, s: Section) -> KeyConfig:
         allowed_models=s.strs("allowed_models", None),
         log_bodies=s.bool("log_bodies", False),
     )
+
+
+def _default_price(s: Section) -> tuple[float, float, float]:
+    """`[pricing]` default_input/output/cached_input: gpt-4o's prices, and by default
+    half the input price for cached input (gpt-4o's discount)."""
+    input_price = s.float("default_input", 2.50, minimum=0.0)
+    cached = s.float("default_cached_input", input_price / 2, minimum=0.0)
+    if cached > input_price:
+        raise s.error(f"must be <= default_input ({input_price:g}), got {cached:g}",
+                      "default_cached_input")
+    return input_price, s.float("default_output", 10.00, minimum=0.0), cached
 
 
 def _parse_fallbacks(s: Section, upstreams: tuple[UpstreamConfig, ...]) -> dict[str, Any]:
@@ -322,15 +336,19 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
     if not storage.redis_url.startswith(("redis://", "rediss://")):
         raise st.error("must be a redis:// or rediss:// URL", "redis_url")
     pricing = root.sub("pricing")
-    pricing.reject_unknown({"default_input", "default_output", "models"})
+    pricing.reject_unknown({"default_input", "default_output", "default_cached_input", "models"})
     models = pricing.sub("models")
     prices = {}
     for model in models.table:
         m = models.sub(model)
-        m.reject_unknown({"input", "output"})
-        prices[model] = (m.float("input", minimum=0.0), m.float("output", minimum=0.0))
-        if None in prices[model]:
+        m.reject_unknown({"input", "output", "cached_input"})
+        spec = (m.float("input", minimum=0.0), m.float("output", minimum=0.0))
+        if None in spec:
             raise m.error("needs both input and output (USD per 1M tokens)")
+        cached = m.float("cached_input", spec[0], minimum=0.0)
+        if cached > spec[0]:
+            raise m.error(f"must be <= input ({spec[0]:g}), got {cached:g}", "cached_input")
+        prices[model] = (*spec, cached)
     alerts = root.sub("alerts")
     alerts.reject_unknown({"webhook_url", "daily_spend_usd"})
     return Config(
@@ -342,8 +360,7 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
         admin_key_sha256=_sha256(admin, "key_sha256") if "key_sha256" in admin.table else None,
         storage=storage,
         prices=prices,
-        default_price=(pricing.float("default_input", 2.50, minimum=0.0),
-                       pricing.float("default_output", 10.00, minimum=0.0)),
+        default_price=_default_price(pricing),
         alerts_webhook=alerts.str("webhook_url"),
         alerts_daily_usd=_thresholds(alerts, "daily_spend_usd"),
         keys_sync_seconds=admin.float("keys_sync_seconds", 2.0, minimum=0.05),

@@ -30,6 +30,11 @@ SHA = "a" * 64
     ({"upstreams": UP, "storage": {"ledger_stream_max": 10}},
      "[storage] ledger_stream_max: must be >= 1000"),
     ({"upstreams": UP, "pricing": {"models": {"m": {"input": 1}}}}, "needs both input and output"),
+    ({"upstreams": UP, "pricing": {"models": {"m": {"input": 1, "output": 2,
+                                                    "cached_input": 1.5}}}},
+     "[pricing.models.m] cached_input: must be <= input (1), got 1.5"),
+    ({"upstreams": UP, "pricing": {"default_cached_input": 3}},
+     "[pricing] default_cached_input: must be <= default_input (2.5), got 3"),
 ])
 def test_invalid_config_is_refused_with_location(doc: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -44,6 +49,29 @@ def test_valid_config_parses_with_defaults() -> None:
     assert config.keys[0].namespace == "k" and config.keys[0].rpm == 5
     assert config.fallbacks["gpt-4o"] == (("a", "gpt-4o-mini"),)
     assert config.server.port == 8080 and config.storage.backend == "sqlite"
+
+
+def test_pricing_models_take_a_cached_input_rate_defaulting_to_input() -> None:
+    config = parse_config({"upstreams": UP, "pricing": {"models": {
+        "house": {"input": 1, "output": 2, "cached_input": 0.25},
+        "plain": {"input": 1, "output": 2}}}})
+    assert config.prices == {"house": (1.0, 2.0, 0.25), "plain": (1.0, 2.0, 1.0)}
+
+
+@pytest.mark.parametrize(("pricing", "default"), [
+    ({}, (2.50, 10.00, 1.25)),
+    ({"default_input": 1.0, "default_output": 3.0}, (1.0, 3.0, 0.5)),
+    ({"default_input": 1.0, "default_output": 3.0, "default_cached_input": 1.0}, (1.0, 3.0, 1.0)),
+])
+def test_the_default_price_has_a_cached_rate(pricing: dict[str, float],
+                                             default: tuple[float, float, float]) -> None:
+    assert parse_config({"upstreams": UP, "pricing": pricing}).default_price == default
+
+
+def test_upstreams_may_turn_off_the_prompt_cache_key() -> None:
+    config = parse_config({"upstreams": [{**UP[0], "prompt_cache_key": False}]})
+    assert config.upstreams[0].prompt_cache_key is False
+    assert parse_config({"upstreams": UP}).upstreams[0].prompt_cache_key is True
 
 
 def test_rules_doc_refuses_duplicate_stage() -> None:

@@ -76,8 +76,9 @@ def replay(live: LiveProxy) -> None:
             sample_entry(ts=ts + 2, stage="semantic_cache", baseline_usd=0.004, latency_ms=30),
             sample_entry(ts=ts + 3, model="gpt-4o-mini", prompt_tokens=900, completion_tokens=300,
                          cost_usd=0.0003, baseline_usd=0.005, latency_ms=400),
-            sample_entry(ts=ts + 4, tenant="bob", prompt_tokens=900, completion_tokens=300,
-                         cost_usd=0.00525, baseline_usd=0.00525, latency_ms=900),
+            sample_entry(ts=ts + 4, tenant="bob", prompt_tokens=1500, completion_tokens=300,
+                         cached_tokens=1024, cost_usd=0.0054, baseline_usd=0.0054,
+                         latency_ms=900),
             sample_entry(ts=ts + 5, tenant="bob", stage="error", status=429, latency_ms=1),
         ]
     insert_entries(live, rows)
@@ -115,6 +116,9 @@ def test_dashboard_renders_totals_and_charts(dashboard: tuple[LiveProxy, str],
                        ("kpi-savings", "savings_usd"), ("kpi-calls", "calls")]:
         assert float(dom.by_id(kpi)["data-value"]) == pytest.approx(totals[field])
     assert dom.text["kpi-calls"] == "33"
+    assert totals["cached_tokens"] == 5 * 1024
+    assert float(dom.by_id("kpi-tokens")["data-value"]) == totals["cached_tokens"]
+    assert "(5,120 cached)" in dom.text["kpi-tokens"]
     assert dom.text["kpi-baseline"] == f"${totals['baseline_usd']:.4f}"
     cost_bars = dom.with_class("bar-cost")
     assert len(cost_bars) >= 30  # one per day of the 30-day window

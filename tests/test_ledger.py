@@ -49,6 +49,21 @@ async def test_every_recorded_row_is_written_once_in_order(db: aiosqlite.Connect
     assert as_rows(await ledger.rows()) == expected(entries(n))
 
 
+async def test_an_older_ledger_gets_the_cached_tokens_column(db: aiosqlite.Connection) -> None:
+    await db.execute("CREATE TABLE ledger (request_id TEXT, ts REAL, tenant TEXT, namespace TEXT,"
+                     " requested_model TEXT, model TEXT, stage TEXT, prompt_tokens INTEGER,"
+                     " completion_tokens INTEGER, cost_usd REAL, baseline_usd REAL,"
+                     " latency_ms REAL, status INTEGER, stream INTEGER, source TEXT, trace TEXT,"
+                     " error TEXT)")
+    await db.execute("INSERT INTO ledger (request_id, ts, prompt_tokens) VALUES ('old', 1, 5)")
+    ledger = Ledger(db)
+    await ledger.start()
+    ledger.record(sample_entry(request_id="new", ts=2.0, prompt_tokens=2000, cached_tokens=1024))
+    await ledger.close()
+    rows = {r["request_id"]: r for r in await ledger.rows()}
+    assert (rows["old"]["cached_tokens"], rows["new"]["cached_tokens"]) == (0, 1024)
+
+
 class FailingInsert:
     """A connection whose `fail_at`-th INSERT raises (as a locked database would)."""
 

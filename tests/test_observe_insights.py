@@ -182,6 +182,7 @@ def test_one_json_log_line_per_request_without_bodies(live: LiveProxy,
     assert (line["id"], line["key"], line["stage"], line["model"], line["status"]) == (
         raw.headers["x-request-id"], "alice", "upstream", "gpt-4o", 200)
     assert line["prompt_tokens"] > 0 and line["cost_usd"] > 0 and line["latency_ms"] > 0
+    assert line["cached_tokens"] == 0  # a first, short prompt: nothing cached upstream
     assert "my private words" not in caplog.text
 
 
@@ -196,7 +197,8 @@ def _cli_config(tmp_path: Path) -> Path:
 def test_cli_stats_prints_the_totals_table(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     with LiveProxy(tmp_path) as live:
-        insert_entries(live, [sample_entry(ts=DAY, cost_usd=0.25, baseline_usd=1.0),
+        insert_entries(live, [sample_entry(ts=DAY, prompt_tokens=2000, cached_tokens=1024,
+                                           cost_usd=0.25, baseline_usd=1.0),
                               sample_entry(ts=DAY + 86_400, stage="exact_cache",
                                            baseline_usd=0.5)])
     config = _cli_config(tmp_path)
@@ -204,9 +206,10 @@ def test_cli_stats_prints_the_totals_table(tmp_path: Path,
                  "--group-by", "day"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
-    assert rows["2025-03-01"][1:8] == ["1", "0", "0", "0.250000", "1.000000", "0.750000", "75.0"]
-    assert rows["2025-03-02"][9] == "100.0%"  # the exact-cache hit rate that day
-    assert rows["TOTAL"][1] == "2" and rows["TOTAL"][7] == "83.3"
+    assert rows["2025-03-01"][1:9] == ["1", "2000", "1024", "0", "0.250000", "1.000000",
+                                       "0.750000", "75.0"]
+    assert rows["2025-03-02"][10] == "100.0%"  # the exact-cache hit rate that day
+    assert rows["TOTAL"][1] == "2" and rows["TOTAL"][8] == "83.3"
     assert main(["stats", "--config", str(config), "--from", "2025-03-01", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["totals"]["cost_usd"] == 0.25
 

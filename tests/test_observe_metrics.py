@@ -146,6 +146,18 @@ def test_cache_hits_rate_limits_and_tokens_saved_come_from_ledger_rows(live: Liv
     assert total(samples, "proxy_overhead_seconds_sum") == pytest.approx(0.007)
 
 
+def test_cached_tokens_are_counted_per_model(live: LiveProxy) -> None:
+    insert_entries(live, [
+        sample_entry(prompt_tokens=2000, completion_tokens=10, cached_tokens=1152),
+        sample_entry(prompt_tokens=1500, completion_tokens=10, cached_tokens=1024),
+        sample_entry(model="gpt-4o-mini", prompt_tokens=900, completion_tokens=10),
+    ])
+    samples = scrape(live.base_url)
+    assert total(samples, "proxy_cached_tokens_total", model="gpt-4o") == 2176
+    assert total(samples, "proxy_cached_tokens_total", model="gpt-4o-mini") == 0
+    assert total(samples, "proxy_tokens_total", direction="prompt", model="gpt-4o") == 3500
+
+
 def test_budget_remaining_comes_from_the_registered_hook(live: LiveProxy) -> None:
     live.services.state["budget_remaining"] = lambda: {"alice": 4.5, "bob": 0.0}
     samples = scrape(live.base_url)

@@ -7,21 +7,24 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from proxy.observe.stats import stats
+from proxy.observe.report import render_stats
+from proxy.observe.stats import STATS_COLUMNS, create_stats_index, stats
 from proxy.observe.window import Window, WindowError, parse_time
 from proxy.pricing import PriceTable
+from proxy.store.ledger import Ledger
+from proxy.store.sqlite import open_db
 from proxy.testing import LiveProxy, admin_get, insert_entries, sample_entry
 
 DAY1 = 1_740_823_200.0  # 2025-03-01T10:00:00Z
 DAY2 = DAY1 + 86_400
 WINDOW = "from=2025-03-01&to=2025-03-02"
 SCRIPT = [
-    sample_entry(ts=DAY1, prompt_tokens=1000, completion_tokens=500, cost_usd=0.0075,
-                 baseline_usd=0.0075, latency_ms=100),
+    sample_entry(ts=DAY1, prompt_tokens=1000, completion_tokens=500, cached_tokens=384,
+                 cost_usd=0.0075, baseline_usd=0.0075, latency_ms=100),
     sample_entry(ts=DAY1 + 1, stage="pattern", baseline_usd=0.002, latency_ms=2),
     sample_entry(ts=DAY2, stage="exact_cache", baseline_usd=0.004, latency_ms=3),
     sample_entry(ts=DAY2 + 1, model="gpt-4o-mini", prompt_tokens=1000, completion_tokens=500,
-                 cost_usd=0.00045, baseline_usd=0.0075, latency_ms=200),
+                 cached_tokens=128, cost_usd=0.00045, baseline_usd=0.0075, latency_ms=200),
     sample_entry(ts=DAY2 + 2, tenant="bob", stage="semantic_cache", baseline_usd=0.01,
                  latency_ms=5),
     sample_entry(ts=DAY2 + 3, tenant="bob", stage="error", status=429, latency_ms=1),
@@ -41,6 +44,7 @@ def test_totals_equal_hand_computed_values(scripted: LiveProxy) -> None:
     assert status == 200
     t = body["totals"]
     assert (t["calls"], t["prompt_tokens"], t["completion_tokens"]) == (7, 2000, 1000)
+    assert t["cached_tokens"] == 512
     assert t["cost_usd"] == pytest.approx(0.00795)
     assert t["baseline_usd"] == pytest.approx(0.031)
     assert t["savings_usd"] == pytest.approx(0.02305)
@@ -95,6 +99,31 @@ async def test_stats_read_the_ledger_only_through_the_covering_index(
     assert result["totals"]["calls"] == 7
     assert plans and all(plan for plan in plans)
     assert all("USING COVERING INDEX ledger_stats" in step for plan in plans for step in plan)
+
+
+async def test_an_older_stats_index_is_replaced_by_one_covering_cached_tokens(
+        tmp_path: Path) -> None:
+    db = await open_db(str(tmp_path / "old.db"))
+    try:
+        ledger = Ledger(db)
+        await ledger.start()
+        await ledger.close()
+        await db.execute("CREATE INDEX ledger_stats ON ledger (ts, tenant, stage, status, model,"
+                         " requested_model, latency_ms, prompt_tokens, completion_tokens,"
+                         " cost_usd, baseline_usd)")
+        await create_stats_index(db)
+        async with db.execute("PRAGMA index_info(ledger_stats)") as cur:
+            columns = tuple(row[2] for row in await cur.fetchall())
+    finally:
+        await db.close()
+    assert columns == STATS_COLUMNS and "cached_tokens" in columns
+
+
+def test_terminal_table_shows_cached_tokens(scripted: LiveProxy) -> None:
+    result = admin_get(scripted, f"/v1/proxy/stats?{WINDOW}")[1]
+    header, _, total = render_stats(result).splitlines()[2:5]
+    assert header.split()[2:5] == ["tok", "in", "cached"]
+    assert total.split()[:5] == ["TOTAL", "7", "2000", "512", "1000"]
 
 
 def test_tenant_key_sees_only_its_own_rows(scripted: LiveProxy) -> None:

@@ -306,8 +306,10 @@ def test_streamed_request_is_stripped_too(live: LiveProxy) -> None:
 
 
 def test_request_without_tools_is_forwarded_untouched(live: LiveProxy) -> None:
-    live.client().chat.completions.create(model="gpt-4o", messages=ask("hello"), seed=3)
-    assert live.fake.received[-1] == {"model": "gpt-4o", "messages": ask("hello"), "seed": 3}
+    live.client().chat.completions.create(model="gpt-4o", messages=ask("hello"), seed=3,
+                                          prompt_cache_key="mine")
+    assert live.fake.received[-1] == {"model": "gpt-4o", "messages": ask("hello"), "seed": 3,
+                                      "prompt_cache_key": "mine"}
 
 
 def test_ledger_baseline_exceeds_cost_when_tools_are_stripped(live: LiveProxy) -> None:

@@ -31,7 +31,7 @@ from proxy.observe.metrics import BUDGET_HOOK, Metrics
 from proxy.observe.recommend import recommendations
 from proxy.observe.requestlog import log_requests
 from proxy.observe.routing import routing_metrics
-from proxy.observe.stats import GROUPS, STATS_INDEX, stats
+from proxy.observe.stats import GROUPS, create_stats_index, stats
 from proxy.observe.window import Window, WindowError
 
 log = logging.getLogger("proxy.observe")
@@ -142,7 +142,7 @@ async def _observability_ctx(app: web.Application) -> AsyncIterator[None]:
     app[METRICS] = metrics
     services.ledger.observers.extend([metrics.observe, log_requests])
     try:
-        await services.db.execute(STATS_INDEX)
+        await create_stats_index(services.db)
     except sqlite3.OperationalError:  # e.g. another worker still building it: stats work without
         log.warning("could not create the stats index now; stats queries will be slower",
                     exc_info=True)

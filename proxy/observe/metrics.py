@@ -103,6 +103,10 @@ class Metrics:
                                 "USD the requests would have cost without the proxy", ["key"],
                                 registry=r)
         self.tokens = Counter("proxy_tokens", "Billed tokens", ["direction", "model"], registry=r)
+        self.cached_tokens = Counter("proxy_cached_tokens",
+                                     "Prompt tokens the upstream read from its prompt cache "
+                                     "(part of the prompt tokens, billed at the cached rate)",
+                                     ["model"], registry=r)
         self.cache_hits = Counter("proxy_cache_hits", "Free answers by stage", ["stage"],
                                   registry=r)
         self.tokens_saved = Counter("proxy_tokens_saved",
@@ -143,6 +147,8 @@ class Metrics:
             if row.prompt_tokens or row.completion_tokens:
                 counts[(self.tokens, ("prompt", model))] += row.prompt_tokens
                 counts[(self.tokens, ("completion", model))] += row.completion_tokens
+            if row.cached_tokens:
+                counts[(self.cached_tokens, (model,))] += row.cached_tokens
             if row.stage in CACHE_STAGES:
                 counts[(self.cache_hits, (row.stage,))] += 1
             if row.status == 429:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-COLUMNS = ("group", "calls", "tok in", "tok out", "cost $", "baseline $", "saved $", "saved %",
-           "pattern", "exact", "semantic", "p50 ms", "p95 ms", "errors", "429")
+COLUMNS = ("group", "calls", "tok in", "cached", "tok out", "cost $", "baseline $", "saved $",
+           "saved %", "pattern", "exact", "semantic", "p50 ms", "p95 ms", "errors", "429")
 
 
 def _ms(value: float | None) -> str:
@@ -16,7 +16,8 @@ def _ms(value: float | None) -> str:
 def stats_row(name: str, m: dict[str, Any]) -> list[str]:
     """One table row for one group's metrics."""
     hits = m["hits"]
-    return [name, str(m["calls"]), str(m["prompt_tokens"]), str(m["completion_tokens"]),
+    return [name, str(m["calls"]), str(m["prompt_tokens"]), str(m["cached_tokens"]),
+            str(m["completion_tokens"]),
             f"{m['cost_usd']:.6f}", f"{m['baseline_usd']:.6f}", f"{m['savings_usd']:.6f}",
             f"{m['savings_pct']:.1f}", f"{100 * hits['pattern']['rate']:.1f}%",
             f"{100 * hits['exact_cache']['rate']:.1f}%",

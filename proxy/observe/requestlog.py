@@ -23,7 +23,8 @@ def request_line(row: LedgerEntry) -> str:
     return orjson.dumps({
         "ts": iso(row.ts), "id": row.request_id, "key": row.tenant, "source": row.source,
         "stage": row.stage, "requested_model": row.requested_model, "model": row.model,
-        "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
+        "prompt_tokens": row.prompt_tokens, "cached_tokens": row.cached_tokens,
+        "completion_tokens": row.completion_tokens,
         "cost_usd": row.cost_usd, "baseline_usd": row.baseline_usd,
         "latency_ms": round(row.latency_ms, 3),
         "upstream_ms": None if row.upstream_ms is None else round(row.upstream_ms, 3),

@@ -39,16 +39,18 @@ GROUPS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "stage": ("stage", str),
 }
 CHEAP_INPUT_USD_PER_M = 1.0
-STATS_INDEX = """
-CREATE INDEX IF NOT EXISTS ledger_stats ON ledger (ts, tenant, stage, status, model,
-    requested_model, latency_ms, prompt_tokens, completion_tokens, cost_usd, baseline_usd)
-"""
+STATS_COLUMNS = ("ts", "tenant", "stage", "status", "model", "requested_model", "latency_ms",
+                 "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd",
+                 "baseline_usd")
+STATS_INDEX = (f"CREATE INDEX IF NOT EXISTS ledger_stats ON ledger "
+               f"({', '.join(STATS_COLUMNS)})")
 _ALL = "'all'"
 
 _SUMS = """
-SELECT {g} AS grp, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd),
-       SUM(baseline_usd), SUM(stage = 'pattern'), SUM(stage = 'exact_cache'),
-       SUM(stage = 'semantic_cache'), SUM(status >= 400), SUM(status = 429),
+SELECT {g} AS grp, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),
+       TOTAL(cached_tokens), SUM(cost_usd), SUM(baseline_usd), SUM(stage = 'pattern'),
+       SUM(stage = 'exact_cache'), SUM(stage = 'semantic_cache'), SUM(status >= 400),
+       SUM(status = 429),
        SUM(stage = 'upstream' AND status < 400 AND model != requested_model),
        SUM(stage = 'upstream' AND status < 400),
        SUM(cost_usd * (stage = 'upstream' AND status < 400)),
@@ -65,6 +67,15 @@ FROM (SELECT {g} AS grp, latency_ms,
 WHERE rn = (n * 50 + 99) / 100 OR rn = (n * 95 + 99) / 100
 GROUP BY grp
 """
+
+
+async def create_stats_index(db: aiosqlite.Connection) -> None:
+    """Create STATS_INDEX, replacing one an older version made with other columns."""
+    async with db.execute("PRAGMA index_info(ledger_stats)") as cur:
+        present = tuple(row[2] for row in await cur.fetchall())
+    if present and present != STATS_COLUMNS:
+        await db.execute("DROP INDEX ledger_stats")
+    await db.execute(STATS_INDEX)
 
 
 async def fetch(db: aiosqlite.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
@@ -93,9 +104,9 @@ class Tally:
     """Running sums of one group's ledger rows, and of its answered calls per model."""
 
     def __init__(self) -> None:
-        # calls, prompt, completion, cost, baseline, pattern, exact, semantic, errors,
-        # rate limited, routed: the columns of _SUMS after grp and model
-        self.sums: list[Any] = [0] * 11
+        # calls, prompt, completion, cached, cost, baseline, pattern, exact, semantic,
+        # errors, rate limited, routed: the columns of _SUMS after grp and model
+        self.sums: list[Any] = [0] * 12
         self.models: dict[str, list[Any]] = {}  # model -> [answered calls, cost, baseline]
 
     def add(self, model: str, sums: Sequence[Any], answered: Sequence[Any]) -> None:
@@ -108,7 +119,7 @@ class Tally:
 
 def _metrics(tally: Tally, latency: tuple[float | None, float | None],
              prices: PriceTable) -> dict[str, Any]:
-    (calls, prompt, completion, cost, baseline, pattern, exact, semantic, errors,
+    (calls, prompt, completion, cached, cost, baseline, pattern, exact, semantic, errors,
      limited, routed) = tally.sums
     models = tally.models
     hits = {"pattern": pattern, "exact_cache": exact, "semantic_cache": semantic}
@@ -125,6 +136,7 @@ def _metrics(tally: Tally, latency: tuple[float | None, float | None],
         "calls": calls,
         "prompt_tokens": prompt,
         "completion_tokens": completion,
+        "cached_tokens": int(cached),
         "cost_usd": float(cost),
         "baseline_usd": float(baseline),
         **savings(float(cost), float(baseline)),

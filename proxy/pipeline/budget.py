@@ -152,8 +152,8 @@ class Budget:
         if usage is None:
             return None
         assert reply is not None
-        return usage.total_tokens, to_nanos(self.prices.cost(
-            reply.model or ctx.model, usage.prompt_tokens, usage.completion_tokens))
+        return usage.total_tokens, to_nanos(self.prices.usage_cost(reply.model or ctx.model,
+                                                                   usage))
 
     async def _settle(self, ctx: Context, key: KeyConfig, token: str, ask: Ask,
                       reply: Reply | None) -> None:

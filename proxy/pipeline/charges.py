@@ -51,14 +51,14 @@ def internal_call_entry(ctx: Context, prices: PriceTable, model: str, usage: Usa
                         started: float, stage: str, source: str, trace: str) -> LedgerEntry:
     """The ledger row of an internal call made for `ctx`'s request (`started`: its
     perf_counter start); it costs money and saves none."""
-    prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+    usage = usage or Usage()
     return LedgerEntry(
         request_id=ctx.request_id, ts=time.time(), tenant=ctx.tenant.name,
         namespace=ctx.tenant.namespace, requested_model=model, model=model, stage=stage,
-        prompt_tokens=prompt, completion_tokens=completion,
-        cost_usd=prices.cost(model, prompt, completion), baseline_usd=0.0,
-        latency_ms=(time.perf_counter() - started) * 1000.0, status=200, stream=False,
-        source=source, trace=trace)
+        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens, cost_usd=prices.usage_cost(model, usage),
+        baseline_usd=0.0, latency_ms=(time.perf_counter() - started) * 1000.0, status=200,
+        stream=False, source=source, trace=trace)
 
 
 class KeyCharges:
@@ -106,7 +106,7 @@ class KeyCharges:
         used, cost = 0, 0
         if usage is not None:
             used = usage.total_tokens
-            cost = to_nanos(self.prices.cost(model, usage.prompt_tokens, usage.completion_tokens))
+            cost = to_nanos(self.prices.usage_cost(model, usage))
         day = current_period("day", self.timezone, time.time())
         try:
             settled = await self.limits.settle(key.name, token, used, cost, ask.period, day)

@@ -37,17 +37,28 @@ class Decision:
 
 @dataclass(slots=True)
 class Usage:
-    """Token counts of one completion."""
+    """Token counts of one completion; `cached_tokens` are the prompt tokens the upstream
+    read from its prompt cache (part of `prompt_tokens`, billed at the cached rate)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
 
     @classmethod
     def from_openai(cls, usage: Mapping[str, Any] | None) -> Usage | None:
         """Read OpenAI's `usage` object (None stays None)."""
         if not usage:
             return None
-        return cls(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+        return cls(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+                   int(cached or 0))
+
+    def to_openai(self) -> dict[str, Any]:
+        """OpenAI's `usage` object for these counts."""
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
 
     @property
     def total_tokens(self) -> int:
@@ -61,7 +72,10 @@ class Context:
 
     `raw` holds the client's bytes for as long as nothing changed the body, so an
     unchanged request is forwarded byte for byte; call `changed()` after editing
-    `body` (or use `set_model`).
+    `body` (or use `set_model`). `client_body` keeps the body's fields as the client
+    sent them (a shallow copy: stages replace fields such as `messages` or `tools`,
+    they never edit them in place), for what must be judged on the original request
+    (its conversation, its baseline cost).
     """
 
     request_id: str
@@ -81,8 +95,10 @@ class Context:
     scratch: dict[str, Any] = field(default_factory=dict)
     analyzed: bool = False
     last_message: LastMessage | None = None
+    client_body: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
+        self.client_body = dict(self.body)
         if not self.requested_model:
             self.requested_model = str(self.body.get("model", ""))
         self.stream = bool(self.body.get("stream"))

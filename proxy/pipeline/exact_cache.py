@@ -288,9 +288,7 @@ class ExactCache:
             ctx.decide(self.name, "not_stored", why_not)
             return
         if not completion.get("usage") and reply.usage is not None:
-            completion["usage"] = {"prompt_tokens": reply.usage.prompt_tokens,
-                                   "completion_tokens": reply.usage.completion_tokens,
-                                   "total_tokens": reply.usage.total_tokens}
+            completion["usage"] = reply.usage.to_openai()
         value = orjson.dumps({"completion": completion, "stored_at": time.time()})
         limits = self.rules.limits
         if limits.max_bytes is not None and len(value) > limits.max_bytes:

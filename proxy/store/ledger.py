@@ -51,11 +51,13 @@ class LedgerEntry:
     upstream_ms: float | None = None
     tools_sent: str | None = None
     tools_called: str | None = None
+    cached_tokens: int = 0
 
 
 # Columns added after the first release: name -> SQL type, added when missing.
 _ADDED_COLUMNS = {"prompt_hash": "TEXT", "max_tokens": "INTEGER", "upstream_ms": "REAL",
-                  "tools_sent": "TEXT", "tools_called": "TEXT"}
+                  "tools_sent": "TEXT", "tools_called": "TEXT",
+                  "cached_tokens": "INTEGER DEFAULT 0"}
 _COLUMNS = [f.name for f in fields(LedgerEntry)]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
@@ -63,7 +65,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     stage TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL,
     baseline_usd REAL, latency_ms REAL, status INTEGER, stream INTEGER, source TEXT,
     trace TEXT, error TEXT, prompt_hash TEXT, max_tokens INTEGER, upstream_ms REAL,
-    tools_sent TEXT, tools_called TEXT
+    tools_sent TEXT, tools_called TEXT, cached_tokens INTEGER DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
 CREATE INDEX IF NOT EXISTS ledger_tenant_ts ON ledger (tenant, ts);
@@ -74,7 +76,7 @@ _NOTIFY_SLICE = 64  # rows shown to the observers between two turns of the event
 # Rows go in as multi-row INSERTs of these sizes (largest first): one statement is one
 # transaction, where executemany in autocommit mode would commit every row on its own
 # (about 7x the sqlite time per row). Few distinct sizes keep the statements cached, and
-# 32 rows x 22 columns stays under sqlite's oldest bound-variable limit (999).
+# 32 rows x 23 columns stays under sqlite's oldest bound-variable limit (999).
 _STATEMENT_ROWS = (32, 8, 2, 1)
 _INSERTS = {
     n: f"INSERT INTO ledger ({', '.join(_COLUMNS)}) VALUES "

@@ -1,9 +1,10 @@
 """An OpenAI-shaped fake upstream for demo mode, tests and benchmarks.
 
 It answers `/v1/chat/completions` (streamed or not, n choices, tool calls when
-tools are given and asked for, usage counted with tiktoken) and `/v1/models`,
-plus embeddings, moderations, files, batches and audio (proxy/upstream/fake_api.py)
-for the pass-through; it can be slowed (time to first token, tokens per second) and
+tools are given and asked for, usage counted with tiktoken, `cached_tokens` from a
+simulated prompt cache, see fake_cache.py) and `/v1/models`, plus embeddings,
+moderations, files, batches, audio and responses (proxy/upstream/fake_api.py) for the
+pass-through; it can be slowed (time to first token, tokens per second) and
 told to fail (500, 429 with Retry-After, 401, a hang, a stream cut mid-way) or to
 ignore `stream_options.include_usage` (as some OpenAI-compatible servers do), and it
 records every request it received (`seen`: method, path, query and headers; chat
@@ -26,6 +27,7 @@ from aiohttp import web
 from proxy import tokens
 from proxy.pipeline.replies import completion_to_events, make_completion
 from proxy.upstream.fake_api import FakeAPI
+from proxy.upstream.fake_cache import FakePromptCache
 from proxy.upstream.sse import DONE
 
 FAKE_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-5", "gpt-5-mini")
@@ -69,6 +71,7 @@ class FakeUpstream:
     files: dict[str, tuple[dict[str, Any], bytes]] = field(default_factory=dict)
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
     speech_paused: bool = False  # speech holds after its first piece while True
+    prompt_cache: FakePromptCache = field(default_factory=FakePromptCache)
 
     def fail(self, kind: str, count: int = 1, model: str | None = None,
              retry_after: float = 0.0) -> None:
@@ -78,11 +81,12 @@ class FakeUpstream:
         self.faults.append(Fault(kind, count, model, retry_after))
 
     def reset(self) -> None:
-        """Forget faults and recorded requests."""
+        """Forget faults, recorded requests and cached prompt prefixes."""
         self.faults.clear()
         self.received.clear()
         self.received_headers.clear()
         self.seen.clear()
+        self.prompt_cache.clear()
 
     def calls(self, method: str, path: str) -> int:
         """How many `method path` requests the fake received."""
@@ -160,6 +164,10 @@ class FakeUpstream:
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             return _error(400)
         completion = answer(body, self.scripted)
+        usage = completion["usage"]
+        usage["prompt_tokens_details"] = {
+            "cached_tokens": min(self.prompt_cache.read_and_write(body), usage["prompt_tokens"]),
+            "audio_tokens": 0}
         if self.ttft:
             await asyncio.sleep(self.ttft)
         if not body.get("stream"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from proxy.pipeline.core import Chunks, Context, Reply
+from proxy.pipeline.prompt_cache import conversation_key
 from proxy.upstream.client import UpstreamClient
 
 UPSTREAM_MS = "upstream_ms"  # ctx.scratch key: time spent waiting on the upstream
@@ -15,6 +16,8 @@ class UpstreamTerminal:
 
     It notes the time spent on the upstream in `ctx.scratch["upstream_ms"]` (for streams,
     until the last chunk), so the ledger can tell upstream latency from proxy overhead.
+    A request without a `prompt_cache_key` gets its conversation's (unless the upstream's
+    `prompt_cache_key = false`), so every turn reaches the cache its earlier turns filled.
     """
 
     name = "upstream"
@@ -28,6 +31,10 @@ class UpstreamTerminal:
             ctx.decide(self.name, "would_forward", f"to {upstream.name} as {ctx.model}",
                        upstream=upstream.name, model=ctx.model)
             return Reply(status=200, body=b"{}", stage=self.name, model=ctx.model)
+        if upstream.prompt_cache_key and "prompt_cache_key" not in ctx.body:
+            ctx.add_field("prompt_cache_key",
+                          conversation_key(ctx.tenant.namespace, ctx.client_body.get("messages")
+                                           or ()))
         if ctx.stream and not ctx.client_wants_usage:
             # ask for usage so the ledger is exact; the client never sees that chunk
             if "stream_options" in ctx.body:
