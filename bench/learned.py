@@ -29,6 +29,8 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,6 +124,31 @@ async def route_figures(router: ExampleRouter, embedder: Embedder,
             "cheap_kept_cheap": rate(sum(cheap), len(cheap))}
 
 
+async def decision_ms(classifier: ContextClassifier, pair_model: PairModel,
+                      router: ExampleRouter, embedder: Embedder,
+                      texts: list[str]) -> dict[str, float]:
+    """Median milliseconds each decision adds to a request whose message is embedded
+    already (the embedding is what the semantic cache computes anyway)."""
+    cleaned = [clean_text(t) for t in texts]
+    vectors = await embedder.embed_many(cleaned)
+    await embedder.embed_cached([w for t in cleaned for w in t.split()])  # warm words
+    timings: dict[str, list[float]] = {"classify": [], "verify_one_candidate": [], "route": []}
+    for i, (text, vector) in enumerate(zip(cleaned, vectors)):
+        other, other_vector = cleaned[i - 1], vectors[i - 1]
+        start = time.perf_counter()
+        await classifier.classify(text, vector)
+        timings["classify"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        await pair_model.score(text, other, vector, other_vector)
+        timings["verify_one_candidate"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        router.nearest(vector)
+        timings["route"].append(time.perf_counter() - start)
+    result = {k: round(statistics.median(v) * 1000, 3) for k, v in timings.items()}
+    result["total"] = round(sum(result.values()), 3)
+    return result
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "learned.json"))
@@ -145,6 +172,8 @@ async def main() -> None:
         "route": {},
     }
     own_messages = read_jsonl(OWN / "heldout_messages.jsonl")
+    out["added_ms_p50"] = await decision_ms(classifier, pair_model, router, embedder,
+                                            [m["text"] for m in own_messages[:200]])
     out["context"]["heldout_own"] = await context_figures(
         classifier, [m["text"] for m in own_messages],
         [m["context"] == STANDALONE for m in own_messages])

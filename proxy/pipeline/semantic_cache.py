@@ -32,6 +32,7 @@ from proxy.pipeline.replies import completion_id, free_reply, tap_stream
 from proxy.pipeline.semantic_index import Entry, Scope, SemanticEntries
 from proxy.pipeline.semantic_verify import Judge
 from proxy.pipeline.standalone import LastMessage, MessageAnalyzer, analyzer_of
+from proxy.pipeline.text import MAX_ANALYZED_CHARS, content_text
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -124,6 +125,9 @@ class SemanticCache:
         prior = sum(1 for m in ctx.messages[:-1] if m.get("role") == "user")
         if prior > self.rules.max_prior_user_turns:
             return None, f"{prior} earlier user turns (max_prior_user_turns)"
+        if ctx.messages and len(content_text(ctx.messages[-1].get("content"))) \
+                > MAX_ANALYZED_CHARS:
+            return None, f"last message is longer than {MAX_ANALYZED_CHARS} characters"
         message = await self.analyzer.analyze(ctx)
         if message is None:
             return None, "last message is not a plain-text user message"
