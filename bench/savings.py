@@ -35,10 +35,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from proxy import tokens  # noqa: E402
+from proxy.observe.stats import is_cheap  # noqa: E402
+from proxy.pipeline.standalone import packaged_rows  # noqa: E402
+from proxy.pricing import PriceTable  # noqa: E402
 from proxy.testing import LiveProxy  # noqa: E402
 
-WORKLOAD = Path(os.environ.get("PROXY_WORKLOAD",
-                               ROOT.parent / "shared" / "data" / "workload_dev.jsonl"))
+SHARED_WORKLOAD = ROOT.parent / "shared" / "data" / "workload_dev.jsonl"
+OWN_WORKLOAD = ROOT / "bench" / "data" / "workload_own.jsonl"
+WORKLOAD = Path(os.environ.get("PROXY_WORKLOAD", SHARED_WORKLOAD if SHARED_WORKLOAD.exists()
+                               else OWN_WORKLOAD))
+DEEP_KINDS = {"deep", "pattern_analysis"}
 SYSTEM = ("You are Coach, a warm, concise habit and fitness coach inside a mobile app. "
           "Keep answers short, encouraging and specific. Ask one question at a time. "
           "Use the user's goals and history. Never give medical diagnoses.")
@@ -101,9 +107,16 @@ def system_prompt(pad_tokens: int) -> str:
 FREE_STAGES = {"pattern", "exact_cache", "semantic_cache"}
 
 
-def load_events(limit: int | None) -> list[dict[str, Any]]:
-    """The workload's events in time order."""
+def load_events(limit: int | None, heldout: bool = False) -> list[dict[str, Any]]:
+    """The workload's events in time order; with `heldout`, only the users whose messages
+    were not shipped as training examples (proxy/data/examples/context_shared_tune.jsonl)."""
+    if WORKLOAD == OWN_WORKLOAD:
+        print(f"{SHARED_WORKLOAD} not found: replaying the repository's own held-out trace "
+              f"{OWN_WORKLOAD} instead", file=sys.stderr)
     events = [json.loads(line) for line in WORKLOAD.read_text().splitlines() if line.strip()]
+    if heldout:
+        tuned = {row["user"] for row in packaged_rows() if "user" in row}
+        events = [ev for ev in events if ev["user"] not in tuned]
     return events[:limit] if limit else events
 
 
@@ -115,9 +128,9 @@ def set_clock(lives: list[LiveProxy], t: float) -> None:
 
 
 def replay_chat(lives: list[LiveProxy], events: list[dict[str, Any]], model: str,
-                system: str = SYSTEM) -> list[str]:
+                system: str = SYSTEM) -> list[tuple[str, str]]:
     """Send every event as the chat app would (event i to proxy i mod N); returns the
-    answering stage per event.
+    answering stage and model per event.
 
     When the answer calls a tool, the app runs it and sends the result back (a second
     request for the same event, as a real app does).
@@ -130,24 +143,25 @@ def replay_chat(lives: list[LiveProxy], events: list[dict[str, Any]], model: str
         client = clients[i % len(clients)]
         history = histories.setdefault(ev["user"], [])
         history.append({"role": "user", "content": ev["text"]})
-        first_stage = None
+        first: tuple[str, str] | None = None
         while True:
             raw = client.chat.completions.with_raw_response.create(
                 model=model, messages=[{"role": "system", "content": system}, *history],
                 tools=TOOLS, metadata={"user_id": ev["user"]})
-            first_stage = first_stage or raw.headers.get("x-proxy-stage", "upstream")
+            first = first or (raw.headers.get("x-proxy-stage", "upstream"),
+                              raw.headers.get("x-proxy-model", model))
             message = raw.parse().choices[0].message
             history.append(message.model_dump(exclude_none=True, exclude={"refusal"}))
             if not message.tool_calls:
                 break
             history.extend({"role": "tool", "tool_call_id": call.id, "content": '{"ok": true}'}
                            for call in message.tool_calls)
-        stages.append(first_stage)
+        stages.append(first)
     return stages
 
 
 def replay_threads(lives: list[LiveProxy], events: list[dict[str, Any]], model: str,
-                   system: str = SYSTEM) -> list[str]:
+                   system: str = SYSTEM) -> list[tuple[str, str]]:
     """One thread per user, one run per message, through the Assistants surface (of the
     first proxy); tool calls are answered with submit_tool_outputs. Returns the stage of
     each run's first turn."""
@@ -182,13 +196,13 @@ async def _last_rowid(live: LiveProxy) -> int:
     return int(row[0]) if row else 0
 
 
-async def _first_stage_after(live: LiveProxy, rowid: int) -> str:
+async def _first_stage_after(live: LiveProxy, rowid: int) -> tuple[str, str]:
     await live.services.ledger.flush()
     async with live.services.db.execute(
-            "SELECT stage FROM ledger WHERE rowid > ? AND source = 'thread' ORDER BY rowid "
-            "LIMIT 1", (rowid,)) as cur:
+            "SELECT stage, model FROM ledger WHERE rowid > ? AND source = 'thread' "
+            "ORDER BY rowid LIMIT 1", (rowid,)) as cur:
         row = await cur.fetchone()
-    return str(row[0]) if row else "none"
+    return (str(row[0]), str(row[1])) if row else ("none", "none")
 
 
 def _normal(text: str) -> str:
@@ -210,10 +224,14 @@ def wrong_cache_hits(events: list[dict[str, Any]], stages: list[str]) -> list[st
     return wrong
 
 
-def summarize(events: list[dict[str, Any]], stages: list[str],
+def summarize(events: list[dict[str, Any]], answers: list[tuple[str, str]],
               rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """Shares, costs and wrong answers of a replay."""
-    n = len(stages)
+    """Shares, costs, wrong answers and deep questions' models of a replay."""
+    n = len(answers)
+    stages = [stage for stage, _ in answers]
+    prices = PriceTable()
+    deep = [(st, m) for ev, (st, m) in zip(events, answers) if ev["kind"] in DEEP_KINDS]
+    strong = sum(1 for st, m in deep if st == "upstream" and not is_cheap(prices, m))
     wrong_pattern = [ev["text"] for ev, st in zip(events, stages)
                      if st == "pattern" and ev["kind"] not in GREETING_KINDS]
     wrong_cache = [ev["text"] for ev, st in zip(events, stages)
@@ -238,6 +256,10 @@ def summarize(events: list[dict[str, Any]], stages: list[str],
                                 if st in ("exact_cache", "semantic_cache")
                                 and ev["repeat_of"] is not None),
         "cache_hits_wrong": len(unlabelled),
+        "wrong_answers_share_of_events": f"{(len(wrong_pattern) + len(unlabelled)) / n:.2%}",
+        "deep_events_answered_fresh_by_strong_model": f"{strong} of {len(deep)}"
+                                                      + (f" ({strong / len(deep):.0%})"
+                                                         if deep else ""),
         "examples_wrong": (wrong_pattern + wrong_cache + unlabelled)[:10],
     }
 
@@ -256,11 +278,14 @@ def main() -> None:
                         help="proxies over one sqlite store, taking events in turn (chat)")
     parser.add_argument("--system-tokens", type=int, default=0,
                         help="pad the system prompt with this many tokens of guidelines")
+    parser.add_argument("--heldout", action="store_true",
+                        help="only the users whose messages were not shipped as training "
+                             "examples (the held-out half of the shared trace)")
     parser.add_argument("--out", default=None, help="write the JSON summary here")
     args = parser.parse_args()
     if args.replicas > 1 and args.mode != "chat":
         parser.error("--replicas needs --mode chat")
-    events = load_events(args.limit)
+    events = load_events(args.limit, args.heldout)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         rules = Path(args.rules).read_text()
         lives = [stack.enter_context(LiveProxy(Path(tmp), rules=rules))
@@ -274,6 +299,7 @@ def main() -> None:
         rows = [r for r in lives[0].ledger_rows()
                 if r["source"] in (args.mode.rstrip("s"), "summary")]
     summary = {"mode": args.mode, "model": args.model, "replicas": args.replicas,
+               "workload": str(WORKLOAD), "heldout_users_only": args.heldout,
                "system_tokens": tokens.count_text(system_prompt(args.system_tokens)),
                **summarize(events, stages, rows, seconds)}
     text = json.dumps(summary, indent=2, ensure_ascii=False)
