@@ -111,7 +111,7 @@ def test_embeddings_cache_is_isolated_between_key_namespaces(tmp_path: Path) -> 
         bob = embed(live, key="bob")
         assert bob.headers["x-proxy-cache"] == "miss"
         assert live.fake.calls("POST", "/v1/embeddings") == 2
-    with proxy(tmp_path / "shared", {"keys": {"bob": {"namespace": "alice"}}}) as live:
+    with proxy(tmp_path / "one-namespace", {"keys": {"bob": {"namespace": "alice"}}}) as live:
         embed(live, key="alice")
         settle(live)
         assert embed(live, key="bob").headers["x-proxy-cache"] == "hit-exact"
