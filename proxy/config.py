@@ -28,6 +28,12 @@ class ConfigError(ValueError):
         super().__init__(f"{location} {problem}")
 
 
+def _named(item: Any) -> str:
+    """` "hello"` for an entry with a string `name` (errors say which rule), else ''."""
+    name = item.get("name") if isinstance(item, Mapping) else None
+    return f' "{name}"' if isinstance(name, str) and name else ""
+
+
 class Section:
     """Typed reads from one TOML table, raising ConfigError that name the field."""
 
@@ -97,7 +103,8 @@ class Section:
         if not isinstance(items, list):
             raise self.error("expected an array of tables", key)
         prefix = f"{self.where}.{key}".strip(".")
-        return [Section(item, self.file, f"{prefix}.{i}") for i, item in enumerate(items)]
+        return [Section(item, self.file, f"{prefix}.{i}" + _named(item))
+                for i, item in enumerate(items)]
 
     def reject_unknown(self, known: set[str]) -> None:
         """Refuse keys this table does not define (catches typos)."""

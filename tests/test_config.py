@@ -14,7 +14,7 @@ SHA = "a" * 64
 
 @pytest.mark.parametrize(("doc", "message"), [
     ({}, "at least one [[upstreams]]"),
-    ({"upstreams": [{"name": "a"}]}, "[upstreams.0] needs both name and base_url"),
+    ({"upstreams": [{"name": "a"}]}, "[upstreams.0 \"a\"] needs both name and base_url"),
     ({"upstreams": [{"name": "a", "base_url": "ftp://x"}]}, "base_url: must start with http"),
     ({"upstreams": UP, "server": {"port": "80"}}, "[server] port: expected an integer"),
     ({"upstreams": UP, "server": {"prot": 80}}, "unknown field(s) ['prot']"),

@@ -29,50 +29,58 @@ def parse(text: str) -> None:
     ("rules", "message"),
     [
         ('[[patterns.rules]]\nname = "a"\nphrases = ["hi"]\nreplies = ["x"]\nfoo = 1',
-         "rules.toml: [patterns.rules.0] unknown field(s) ['foo']"),
+         "rules.toml: [patterns.rules.0 \"a\"] unknown field(s) ['foo']"),
         ('[[patterns.rules]]\nphrases = ["hi"]\nreplies = ["x"]',
          "rules.toml: [patterns.rules.0] name: every rule needs a name"),
         ('[[patterns.rules]]\nname = "a"\nreplies = ["x"]',
-         "rules.toml: [patterns.rules.0] needs at least one of phrases, keyword_sets or regex"),
+         "rules.toml: [patterns.rules.0 \"a\"] "
+         "needs at least one of phrases, keyword_sets or regex"),
         ('[[patterns.rules]]\nname = "a"\nphrases = ["hi"]',
-         "rules.toml: [patterns.rules.0] replies: needs at least one reply"),
+         "rules.toml: [patterns.rules.0 \"a\"] replies: needs at least one reply"),
         ('[[patterns.rules]]\nname = "a"\nphrases = ["!!"]\nreplies = ["x"]',
-         "rules.toml: [patterns.rules.0] phrases: '!!' is empty once normalized"),
+         "rules.toml: [patterns.rules.0 \"a\"] phrases: '!!' is empty once normalized"),
         ('[[patterns.rules]]\nname = "a"\nregex = "(["\nreplies = ["x"]',
-         "rules.toml: [patterns.rules.0] regex: invalid regular expression"),
+         "rules.toml: [patterns.rules.0 \"a\"] regex: invalid regular expression"),
         ('[[patterns.rules]]\nname = "a"\nphrases = ["hi"]\nreplies = ["x", "Hi {user.name}"]',
-         "rules.toml: [patterns.rules.0] replies[1]: placeholder {user.name} must be a plain"),
+         "rules.toml: [patterns.rules.0 \"a\"] "
+         "replies[1]: placeholder {user.name} must be a plain"),
         ('[[patterns.rules]]\nname = "a"\nphrases = ["hi"]\nreplies = ["Hi {name"]',
-         "rules.toml: [patterns.rules.0] replies[0]: expected '}' before end of string"),
+         "rules.toml: [patterns.rules.0 \"a\"] replies[0]: expected '}' before end of string"),
         ('[[patterns.rules]]\nname = "a"\nphrases = ["hi"]\nreplies = ["x"]\npick = "first"',
-         "rules.toml: [patterns.rules.0] pick: expected one of ['random', 'rotate'], got 'first'"),
+         "rules.toml: [patterns.rules.0 \"a\"] "
+         "pick: expected one of ['random', 'rotate'], got 'first'"),
         (HELLO + HELLO,
-         "rules.toml: [patterns.rules.1] name: another rule is already called 'hello'"),
+         "rules.toml: [patterns.rules.1 \"hello\"] name: another rule is already called 'hello'"),
         (HELLO + 'when = { max_words = "two" }',
-         "rules.toml: [patterns.rules.0] when.max_words: expected an integer, got 'two'"),
+         "rules.toml: [patterns.rules.0 \"hello\"] when.max_words: expected an integer, got 'two'"),
         (HELLO + 'when = { hours = "25-3" }',
-         "rules.toml: [patterns.rules.0] when.hours: expected 'START-END' in whole hours 0-24"),
+         "rules.toml: [patterns.rules.0 \"hello\"] "
+         "when.hours: expected 'START-END' in whole hours 0-24"),
         (HELLO + 'when = { metadata = { streak = ">= many" } }',
-         "rules.toml: [patterns.rules.0] when.metadata.streak: >= needs a number, got 'many'"),
+         "rules.toml: [patterns.rules.0 \"hello\"] "
+         "when.metadata.streak: >= needs a number, got 'many'"),
         (HELLO + 'when = { metadata = "streak" }',
-         "rules.toml: [patterns.rules.0] when.metadata: expected a table, got str"),
+         "rules.toml: [patterns.rules.0 \"hello\"] when.metadata: expected a table, got str"),
         (HELLO + 'when = { max_word = 2 }',
-         "rules.toml: [patterns.rules.0] when: unknown field(s) ['max_word']"),
+         "rules.toml: [patterns.rules.0 \"hello\"] when: unknown field(s) ['max_word']"),
         ('[patterns]\ntimezone = "Mars/Olympus"',
          "rules.toml: [patterns] timezone: unknown time zone 'Mars/Olympus'"),
         (ROUTE_RULE + 'model = "gpt-4o"\nwhen = { max_tokens = "ten" }',
-         "rules.toml: [route.rules.0] when.max_tokens: expected an integer, got 'ten'"),
+         "rules.toml: [route.rules.0 \"a\"] when.max_tokens: expected an integer, got 'ten'"),
         (ROUTE_RULE,
-         "rules.toml: [route.rules.0] model: every rule needs the model to route to"),
-        (ROUTE_RULE + 'model = "auto"', "rules.toml: [route.rules.0] model: 'auto' is an alias"),
+         "rules.toml: [route.rules.0 \"a\"] model: every rule needs the model to route to"),
+        (ROUTE_RULE + 'model = "auto"',
+         "rules.toml: [route.rules.0 \"a\"] "
+         "model: 'auto' is an alias"),
         (ROUTE_RULE + 'model = "gpt-4o"\nconfidence = 1.5',
-         "rules.toml: [route.rules.0] confidence: must be between 0 and 1, got 1.5"),
+         "rules.toml: [route.rules.0 \"a\"] confidence: must be between 0 and 1, got 1.5"),
         ('[[route.rules]]\nname = "a"\nmodel = "gpt-4o"',
-         "rules.toml: [route.rules.0] applies_to: names no model or alias"),
+         "rules.toml: [route.rules.0 \"a\"] applies_to: names no model or alias"),
         (ROUTE_RULE + 'model = "gpt-4o"\nwhen = { optimize_for = ["speed"] }',
-         "rules.toml: [route.rules.0] when.optimize_for: expected values from ['cost', 'latency',"),
+         "rules.toml: [route.rules.0 \"a\"] "
+         "when.optimize_for: expected values from ['cost', 'latency',"),
         (ROUTE_RULE + 'model = "gpt-4o"\nwhen = { min_words = 9, max_words = 3 }',
-         "rules.toml: [route.rules.0] when.max_words: is below min_words (9)"),
+         "rules.toml: [route.rules.0 \"a\"] when.max_words: is below min_words (9)"),
         ('[route]\naliases = { auto = "coach", coach = "gpt-4o" }',
          "rules.toml: [route] aliases.auto: points at another alias 'coach'"),
         ('[route]\naliases = { auto = 4 }',
@@ -110,7 +118,7 @@ def test_reload_applies_a_good_edit_and_refuses_a_broken_one(tmp_path: Path) -> 
                                               ).choices[0].message.content == "second"
         assert not live.reload_rules(RELOAD_RULES.replace('phrases = ["hi"]',
                                                           'phrases = "hi"\nregex = "(["'))
-        assert "[patterns.rules.0] regex: invalid regular expression" in (
+        assert "[patterns.rules.0 \"hello\"] regex: invalid regular expression" in (
             live.pipeline.last_error or "")
         assert client.chat.completions.create(model="gpt-4o", messages=messages
                                               ).choices[0].message.content == "second"
