@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.config import ConfigError, hash_key, load_config, load_rules_doc
+from proxy.config import Config, ConfigError, hash_key, load_config, load_rules_doc
 from proxy.server import SERVER_OPTIONS, serve, setup_logging, use_uvloop, with_overrides
 
 log = logging.getLogger("proxy")
@@ -57,6 +57,18 @@ Ctrl-C stops it.""", flush=True)
         await fake_runner.cleanup()
 
 
+def safe_to_start(config: Config) -> bool:
+    """Print the config's warnings; print its refusals and return False when there are any."""
+    from proxy.safety import refusals, warnings
+
+    for warning in warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
+    refused = refusals(config)
+    for refusal in refused:
+        print(f"error: {config.path}: {refusal}", file=sys.stderr)
+    return not refused
+
+
 def check(config_path: str, rules: str | None) -> int:
     """Validate config and rules offline; print precise problems; 0 when valid."""
     from proxy.pipeline.registry import parse_stage_rules
@@ -67,6 +79,8 @@ def check(config_path: str, rules: str | None) -> int:
         parse_stage_rules(doc)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not safe_to_start(config):
         return 1
     print(f"ok: {config_path} ({len(config.upstreams)} upstreams, {len(config.keys)} keys); "
           f"{doc.path}: {' -> '.join(doc.pipeline) or '(no stages)'}")
@@ -203,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         load_rules_doc(rules)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not safe_to_start(config):
         return 1
     serve(config, rules)
     return 0

@@ -1,7 +1,7 @@
 """Load and validate config.toml and the rule file into typed, frozen objects.
 
 Every problem is reported with the file, the table/rule and the field, e.g.
-`rules/config.toml: [route.rules.2] max_tokens: expected an integer, got 'ten'`.
+`rules/config.toml: [route.rules.2 "depth"] max_tokens: expected an integer, got 'ten'`.
 """
 
 from __future__ import annotations

@@ -135,3 +135,40 @@ def test_serve_with_two_workers_shares_one_port(tmp_path: Path, process_cleanup:
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
                                   text=True).stdout.split()
         assert len(children) >= 2
+
+
+def write_example_config(tmp_path: Path, host: str) -> Path:
+    """A config that uses the documented example keys, listening on `host`."""
+    path = tmp_path / "config.toml"
+    path.write_text(f'[server]\nhost = "{host}"\n'
+                    '[[upstreams]]\nname = "openai"\nbase_url = "http://x/v1"\n'
+                    'key_env = "PROXY_TEST_UNSET_KEY"\n'
+                    f'[admin]\nkey_sha256 = "{hash_key("sk-admin-change-me")}"\n'
+                    f'[keys.demo]\nsha256 = "{hash_key("sk-proxy-demo")}"\n')
+    return path
+
+
+def test_shipped_config_carries_no_usable_key() -> None:
+    text = (ROOT / "config.toml").read_text()
+    for example in ("sk-admin-change-me", "sk-proxy-demo", "sk-proxy-demo-admin"):
+        assert hash_key(example) not in text
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_example_keys_are_refused_beyond_loopback(tmp_path: Path, command: str) -> None:
+    path = write_example_config(tmp_path, "0.0.0.0")
+    result = run_cli(command, "--config", str(path), "--rules", str(ROOT / "rules/config.toml"))
+    assert result.returncode == 1
+    assert "[admin] key_sha256 is the example key 'sk-admin-change-me'" in result.stderr
+    assert "[keys.demo] is the example key 'sk-proxy-demo'" in result.stderr
+
+
+def test_example_keys_pass_on_loopback_with_a_warning_for_the_missing_upstream_key(
+        tmp_path: Path) -> None:
+    path = write_example_config(tmp_path, "127.0.0.1")
+    env = {k: v for k, v in os.environ.items() if k != "PROXY_TEST_UNSET_KEY"}
+    result = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(path),
+                             "--rules", str(ROOT / "rules/config.toml")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "PROXY_TEST_UNSET_KEY is not set" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,9 +44,15 @@ def embed(live: LiveProxy, text: str = "the quick brown fox", key: str = "alice"
         model=params.pop("model", SMALL), input=text, **params)
 
 
-def rows(live: LiveProxy) -> list[dict[str, Any]]:
-    """The pass-through ledger rows so far."""
-    return [r for r in live.ledger_rows() if r["source"] == "passthrough"]
+def rows(live: LiveProxy, count: int | None = None) -> list[dict[str, Any]]:
+    """The pass-through ledger rows; with `count`, once there are that many (a row is
+    written when the answer's last byte has gone, so it can trail the client's read)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = [r for r in live.ledger_rows() if r["source"] == "passthrough"]
+        if count is None or len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
 
 
 def raw_call(live: LiveProxy, method: str, path: str, headers: dict[str, str] | None = None,
@@ -81,7 +88,7 @@ def test_second_identical_embeddings_call_is_free(live: LiveProxy) -> None:
     assert vector == first.parse().data[0].embedding
     used = first.parse().usage.prompt_tokens
     assert second.parse().usage.prompt_tokens == used > 0
-    paid, free = rows(live)
+    paid, free = rows(live, 2)
     cost = PRICES.cost(SMALL, used, 0)
     assert (paid["stage"], paid["model"], paid["prompt_tokens"]) == ("upstream", SMALL, used)
     assert paid["cost_usd"] == pytest.approx(cost) and cost > 0
@@ -129,7 +136,8 @@ def test_embeddings_cache_and_batch_billing_on_redis(tmp_path: Path,
         batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
                                       completion_window="24h")
         client.batches.retrieve(batch.id), client.batches.retrieve(batch.id)
-        billed = [r for r in rows(live) if r["model"] == "gpt-4o-mini" and r["cost_usd"] > 0]
+        billed = [r for r in rows(live, 6)
+                  if r["model"] == "gpt-4o-mini" and r["cost_usd"] > 0]
     assert len(billed) == 1
 
 
@@ -137,7 +145,7 @@ def test_moderations_pass_through(live: LiveProxy) -> None:
     result = live.client().moderations.create(input=["I will kill it", "have a nice day"])
     assert [r.flagged for r in result.results] == [True, False]
     assert result.results[0].categories.violence
-    (row,) = rows(live)
+    (row,) = rows(live, 1)
     assert (row["status"], row["cost_usd"], row["model"]) == (200, 0.0, "omni-moderation-latest")
 
 
@@ -155,7 +163,7 @@ def test_file_upload_streams_past_the_body_limit_and_downloads(tmp_path: Path) -
         sent = next(r for r in live.fake.seen if r.method == "POST" and r.path == "/v1/files")
         with pytest.raises(openai.APIStatusError) as too_big:
             client.embeddings.create(model=SMALL, input="x" * (2 * 1024 * 1024))
-        assert [r["status"] for r in rows(live)] == [200] * 5
+        assert [r["status"] for r in rows(live, 5)] == [200] * 5
     assert sent.headers["Content-Type"].startswith("multipart/form-data; boundary=")
     assert too_big.value.status_code == 413  # JSON bodies are read, within the limit
 
@@ -179,7 +187,7 @@ def test_batch_runs_over_an_uploaded_file_and_is_billed_once_at_the_batch_price(
     assert all(a["response"]["body"]["object"] == "chat.completion" for a in answers)
     assert done.usage is not None
     expected = PRICES.cost("gpt-4o-mini", done.usage.input_tokens, done.usage.output_tokens) / 2
-    billed = [r for r in rows(live) if r["cost_usd"] > 0]
+    billed = [r for r in rows(live, 5) if r["cost_usd"] > 0]
     assert len(billed) == 1  # polled twice, billed once
     assert billed[0]["cost_usd"] == pytest.approx(expected) and expected > 0
     assert billed[0]["model"] == "gpt-4o-mini"
@@ -226,7 +234,7 @@ def test_a_cut_upstream_stream_is_not_passed_off_as_complete(live: LiveProxy) ->
                 model="tts-1", voice="alloy", input="hi") as resp:
             resp.read()
     assert "incomplete" in str(err.value) or "closed" in str(err.value)
-    (row,) = rows(live)
+    (row,) = rows(live, 1)
     assert "broke off" in (row["error"] or "")
 
 
@@ -254,7 +262,7 @@ def test_allowed_models_are_enforced_on_json_bodies(tmp_path: Path) -> None:
             embed(live, model="text-embedding-3-large")
         assert live.fake.calls("POST", "/v1/embeddings") == 0
         assert embed(live).parse().model == SMALL
-        assert [r["status"] for r in rows(live)] == [403, 200]
+        assert [r["status"] for r in rows(live, 2)] == [403, 200]
     assert err.value.code == "model_not_allowed"
 
 
@@ -267,7 +275,7 @@ def test_rpm_is_enforced(tmp_path: Path) -> None:
             live.client().files.create(file=("a.txt", b"abc"), purpose="assistants")
         assert embed(live, "bob's", key="bob").parse().data
         assert len(live.fake.seen) == 3
-        assert [r["status"] for r in rows(live)] == [200, 200, 429, 429, 200]
+        assert [r["status"] for r in rows(live, 5)] == [200, 200, 429, 429, 200]
     assert err.value.code == "rate_limit_exceeded"
     assert err.value.response.headers["x-ratelimit-remaining-requests"] == "0"
 
@@ -307,7 +315,7 @@ def test_upstream_errors_keep_their_status_and_body(live: LiveProxy) -> None:
     assert (refused.value.status_code, refused.value.code) == (502, "upstream_auth_error")
     assert "Incorrect API key" not in refused.value.message
     assert live.fake.calls("POST", "/v1/embeddings") == 3  # the proxy does not retry them
-    assert [r["status"] for r in rows(live)] == [429, 500, 404, 502]
+    assert [r["status"] for r in rows(live, 4)] == [429, 500, 404, 502]
 
 
 def test_upstream_key_is_injected_and_hop_by_hop_headers_dropped(

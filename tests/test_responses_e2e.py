@@ -346,7 +346,7 @@ def test_requests_needing_upstream_state_go_to_the_upstreams_responses_api(
     assert raw.headers["x-proxy-stage"] == "upstream"
     assert live.fake.calls("POST", "/v1/responses") == 1  # forwarded as it came
     assert not live.fake.received  # not translated to chat completions
-    [row] = live.ledger_rows()
+    [row] = live.wait_ledger_rows(1)  # written once the answer's last byte went
     assert row["source"] == "passthrough" and row["cost_usd"] > 0
 
 
