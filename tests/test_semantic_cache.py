@@ -14,6 +14,7 @@ import pytest
 
 from proxy.config import ConfigError, Section
 from proxy.embed import Embedder
+from proxy.pipeline.pair_model import PairModel
 from proxy.pipeline.semantic_cache import parse_rules
 from proxy.pipeline.semantic_index import VectorIndex
 from proxy.testing import LiveProxy, admin_call
@@ -195,20 +196,29 @@ def test_vector_index_finds_nearest_and_forgets_removed_rows() -> None:
     assert len(index) == 2
 
 
-def test_readiness_waits_for_the_embedding_model(semantic: LiveProxy) -> None:
+def test_readiness_waits_for_the_embedding_model_and_the_fitted_models(
+        semantic: LiveProxy) -> None:
     async def ready_status() -> int:
         async with aiohttp.ClientSession() as session:
             async with session.get(semantic.base_url.removesuffix("/v1") + "/ready") as resp:
                 return resp.status
 
-    loaded = semantic.services.state["embedder"]
+    state = semantic.services.state
+    loaded, pairs = state["embedder"], state["pair_model"]
     semantic.run(loaded.wait_ready())
+    semantic.run(state["analyzer"].classifier.fitted.get())
+    semantic.run(pairs.fitted.get())
     assert asyncio.run(ready_status()) == 200
-    semantic.services.state["embedder"] = Embedder()  # a model that has not loaded yet
+    state["embedder"] = Embedder()  # a model that has not loaded yet
     try:
         assert asyncio.run(ready_status()) == 503
     finally:
-        semantic.services.state["embedder"] = loaded
+        state["embedder"] = loaded
+    state["pair_model"] = PairModel(loaded, pairs.pairs[:50], 0.99, 0.5)  # not fitted yet
+    try:
+        assert asyncio.run(ready_status()) == 503
+    finally:
+        state["pair_model"] = pairs
 
 
 JUDGE_RULES = RULES + 'judge_model = "gpt-4o-mini"\njudge_below = 1.0\n'  # judge every candidate

@@ -177,6 +177,11 @@ class PairModel:
         self.max_wrong_rate = max_wrong_rate
         self.fitted = Once(self._fit)
 
+    @property
+    def ready(self) -> bool:
+        """True once fitted (`/ready` waits for it)."""
+        return self.fitted.done is not None
+
     async def _fit(self) -> FittedVerifier:
         key = (tuple(self.pairs), self.candidate_threshold, self.max_wrong_rate,
                self.embedder.dtype)

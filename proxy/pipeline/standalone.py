@@ -202,6 +202,11 @@ class MessageAnalyzer:
         self.embedder = embedder
         self.classifier = classifier
 
+    @property
+    def ready(self) -> bool:
+        """True once the model is loaded and the classifier fitted (`/ready` waits for it)."""
+        return self.embedder.ready and self.classifier.fitted.done is not None
+
     def start(self) -> None:
         """Begin loading the model and fitting the classifier."""
         self.embedder.start()
