@@ -189,6 +189,41 @@ def replay_threads(lives: list[LiveProxy], events: list[dict[str, Any]], model: 
     return stages
 
 
+def replay_responses(lives: list[LiveProxy], events: list[dict[str, Any]], model: str,
+                     system: str = SYSTEM) -> list[tuple[str, str]]:
+    """One `previous_response_id` chain per user through `/v1/responses` (of the first
+    proxy), as an app on the Responses API sends it: only the new message each turn, the
+    proxy keeps the conversation; function calls are answered with function_call_output
+    items. Returns the stage and model of each event's first request."""
+    client = lives[0].client()
+    tools = [{"type": "function", **t["function"]} for t in TOOLS]
+    last: dict[str, str] = {}
+    answers = []
+    for ev in events:
+        set_clock(lives, ev["t"])
+        turn: list[dict[str, Any]] = [{"role": "user", "content": ev["text"]}]
+        first: tuple[str, str] | None = None
+        while True:
+            raw = client.responses.with_raw_response.create(
+                model=model, instructions=system, input=turn, tools=tools,
+                previous_response_id=last.get(ev["user"]), metadata={"user_id": ev["user"]})
+            first = first or (raw.headers.get("x-proxy-stage", "upstream"),
+                              raw.headers.get("x-proxy-model", model))
+            response = raw.parse()
+            last[ev["user"]] = response.id
+            calls = [item for item in response.output if item.type == "function_call"]
+            if not calls:
+                break
+            turn = [{"type": "function_call_output", "call_id": c.call_id,
+                     "output": '{"ok": true}'} for c in calls]
+        answers.append(first)
+    return answers
+
+
+REPLAYS = {"chat": replay_chat, "threads": replay_threads, "responses": replay_responses}
+ROW_SOURCE = {"chat": "chat", "threads": "thread", "responses": "responses"}
+
+
 async def _last_rowid(live: LiveProxy) -> int:
     await live.services.ledger.flush()
     async with live.services.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM ledger") as cur:
@@ -270,7 +305,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rules", default=str(ROOT / "rules" / "config.toml"))
     parser.add_argument("--limit", type=int, default=None, help="replay only the first N events")
-    parser.add_argument("--mode", choices=("chat", "threads"), default="chat")
+    parser.add_argument("--mode", choices=tuple(REPLAYS), default="chat")
     parser.add_argument("--model", default="gpt-4o",
                         help="model the app asks for: gpt-4o (routing off for explicit models "
                              "by default) or auto (the proxy routes; baseline still gpt-4o)")
@@ -291,13 +326,13 @@ def main() -> None:
         lives = [stack.enter_context(LiveProxy(Path(tmp), rules=rules))
                  for _ in range(args.replicas)]
         start = time.perf_counter()
-        replay = replay_chat if args.mode == "chat" else replay_threads
+        replay = REPLAYS[args.mode]
         stages = replay(lives, events, args.model, system_prompt(args.system_tokens))
         seconds = time.perf_counter() - start
         for live in lives[1:]:  # every replica's rows are in the one database
             live.run(live.services.ledger.flush())
         rows = [r for r in lives[0].ledger_rows()
-                if r["source"] in (args.mode.rstrip("s"), "summary")]
+                if r["source"] in (ROW_SOURCE[args.mode], "summary")]
     summary = {"mode": args.mode, "model": args.model, "replicas": args.replicas,
                "workload": str(WORKLOAD), "heldout_users_only": args.heldout,
                "system_tokens": tokens.count_text(system_prompt(args.system_tokens)),
