@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aiohttp import web
@@ -12,7 +11,7 @@ from proxy.api.validate import parse_json_object, validate_chat_request
 from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.dispatch import dispatch
-from proxy.pipeline.drain import CLIENT_CLOSED, close_and_record, finish_abandoned
+from proxy.pipeline.drain import stream_reply
 
 log = logging.getLogger("proxy.chat")
 
@@ -61,21 +60,14 @@ async def _stream(request: web.Request, ctx: Context, reply: Reply) -> web.Strea
     headers = reply_headers(ctx, reply)
     headers.update({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     resp = web.StreamResponse(status=reply.status, headers=headers)
-    status, handed_off = reply.status, False
-    assert reply.chunks is not None
-    try:
+    chunks = reply.chunks
+    assert chunks is not None
+
+    async def send() -> None:
         await resp.prepare(request)
-        async for chunk in reply.chunks:
+        async for chunk in chunks:
             await resp.write(chunk)
         await resp.write_eof()
-    except ConnectionResetError:
-        # the client went away, the upstream did not: read it on (behind) so it is billed
-        services.background.start(finish_abandoned(services, ctx, reply), name="drain")
-        handed_off = True
-    except asyncio.CancelledError:
-        status = CLIENT_CLOSED  # shutting down: billed from what streamed so far
-        raise
-    finally:
-        if not handed_off:
-            await close_and_record(services, ctx, reply, status)
+
+    await stream_reply(services, ctx, reply, send)
     return resp

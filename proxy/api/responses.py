@@ -9,7 +9,6 @@ chunks as they pass, is translated back. Responses are stored per key unless
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -24,7 +23,7 @@ from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
 from proxy.errors import InvalidRequest, NotFound
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.dispatch import dispatch
-from proxy.pipeline.drain import CLIENT_CLOSED, close_and_record, finish_abandoned
+from proxy.pipeline.drain import stream_reply
 from proxy.pipeline.trim import NEW_SUMMARY, THREAD_SUMMARY
 from proxy.responses.store import Chain, ResponseStore, StoredResponse
 from proxy.responses.stream import Event, ResponseEvents, frame
@@ -134,11 +133,10 @@ async def _stream(request: web.Request, ctx: Context, reply: Reply, shell: Respo
     headers.update({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     resp = web.StreamResponse(status=reply.status, headers=headers)
     events = ResponseEvents(shell)
-    status, handed_off = reply.status, False
     chunks = reply.chunks
     assert chunks is not None
-    services = request.app[SERVICES]
-    try:
+
+    async def send() -> None:
         await resp.prepare(request)
         await _write(resp, events.start())
         rest = b""
@@ -151,16 +149,8 @@ async def _stream(request: web.Request, ctx: Context, reply: Reply, shell: Respo
         await saver.save(final["response"])
         await _write(resp, [final])
         await resp.write_eof()
-    except ConnectionResetError:
-        # the client went away, the upstream did not: read it on (behind) so it is billed
-        services.background.start(finish_abandoned(services, ctx, reply), name="drain")
-        handed_off = True
-    except asyncio.CancelledError:
-        status = CLIENT_CLOSED  # shutting down: billed from what streamed so far
-        raise
-    finally:
-        if not handed_off:
-            await close_and_record(services, ctx, reply, status)
+
+    await stream_reply(request.app[SERVICES], ctx, reply, send)
     return resp
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from proxy.pipeline.core import Chunks, Context, Reply
@@ -75,3 +76,23 @@ async def finish_abandoned(services: Services, ctx: Context, reply: Reply) -> No
         log.exception("reading on request %s after its client left failed", ctx.request_id)
     finally:
         await close_and_record(services, ctx, reply, CLIENT_CLOSED)
+
+
+async def stream_reply(services: Services, ctx: Context, reply: Reply,
+                       send: Callable[[], Awaitable[None]]) -> None:
+    """Run `send` (which writes the reply's stream to the client); however it ends, the
+    reply is closed and recorded once: when the client left, the rest is read on in the
+    background and billed (`finish_abandoned`); at shutdown, what streamed is billed."""
+    status, handed_off = reply.status, False
+    try:
+        await send()
+    except ConnectionResetError:
+        # the client went away, the upstream did not: read it on (behind) so it is billed
+        services.background.start(finish_abandoned(services, ctx, reply), name="drain")
+        handed_off = True
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED  # shutting down: billed from what streamed so far
+        raise
+    finally:
+        if not handed_off:
+            await close_and_record(services, ctx, reply, status)
