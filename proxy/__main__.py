@@ -13,7 +13,14 @@ from typing import Any
 from aiohttp import web
 
 from proxy.config import Config, ConfigError, hash_key, load_config, load_rules_doc
-from proxy.server import SERVER_OPTIONS, serve, setup_logging, use_uvloop, with_overrides
+from proxy.server import (
+    SERVER_OPTIONS,
+    port_in_use,
+    serve,
+    setup_logging,
+    use_uvloop,
+    with_overrides,
+)
 
 log = logging.getLogger("proxy")
 DEMO_KEY = "sk-proxy-demo"
@@ -49,6 +56,7 @@ async def _demo(host: str, port: int, rules: str, db_path: str) -> None:
   client = OpenAI(base_url="{base}", api_key="{DEMO_KEY}")
   print(client.chat.completions.create(model="gpt-4o",
         messages=[{{"role": "user", "content": "hi"}}]).choices[0].message.content)
+  stats    : python -m proxy stats --db {db_path}
 Ctrl-C stops it.""", flush=True)
     try:
         await asyncio.Event().wait()
@@ -87,26 +95,40 @@ def check(config_path: str, rules: str | None) -> int:
     return 0
 
 
-def _open_ledger_db(config_path: str) -> Any:
+def _open_ledger_db(args: argparse.Namespace) -> Any:
+    """The ledger database read-only: `--db`, else config.toml's `storage.sqlite_path`."""
     import aiosqlite
 
-    path = Path(load_config(config_path).storage.sqlite_path)
-    if not path.exists():
-        raise ConfigError(config_path, "storage", f"sqlite_path: no database at {path}")
+    if args.db:
+        path = Path(args.db)
+        if not path.exists():
+            raise ConfigError(args.db, "", "no database there (--db)")
+    else:
+        path = Path(load_config(args.config).storage.sqlite_path)
+        if not path.exists():
+            raise ConfigError(args.config, "storage", f"sqlite_path: no database at {path} "
+                              "(the demo's is proxy-demo.db: use --db proxy-demo.db)")
     return aiosqlite.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+
+
+def _prices(args: argparse.Namespace) -> Any:
+    """config.toml's price table; the built-in one when reading a --db without a config."""
+    from proxy.pricing import PriceTable
+
+    if args.db and not Path(args.config).exists():
+        return PriceTable()
+    config = load_config(args.config)
+    return PriceTable(config.prices, config.default_price)
 
 
 async def _stats(args: argparse.Namespace) -> str:
     from proxy.observe.report import render_stats
     from proxy.observe.stats import stats
     from proxy.observe.window import Window
-    from proxy.pricing import PriceTable
 
-    config = load_config(args.config)
     window = Window.parse(args.from_, args.to, args.key)
-    async with _open_ledger_db(args.config) as db:
-        result = await stats(db, window, PriceTable(config.prices, config.default_price),
-                             args.group_by)
+    async with _open_ledger_db(args) as db:
+        result = await stats(db, window, _prices(args), args.group_by)
     if args.json:
         import orjson
 
@@ -120,7 +142,7 @@ async def _export(args: argparse.Namespace) -> int:
 
     window = Window.parse(args.from_, args.to, args.key)
     writer = export_openai_jsonl if args.format == "openai-jsonl" else export_csv
-    async with _open_ledger_db(args.config) as db:
+    async with _open_ledger_db(args) as db:
         if args.out is None:
             return await writer(db, window, sys.stdout)
         with open(args.out, "w", encoding="utf-8", newline="") as out:
@@ -129,6 +151,8 @@ async def _export(args: argparse.Namespace) -> int:
 
 def _add_window_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="config.toml")
+    parser.add_argument("--db", default=None,
+                        help="a ledger database to read (e.g. the demo's proxy-demo.db)")
     parser.add_argument("--from", dest="from_", default=None,
                         help="start: ISO date/datetime or unix seconds (default: 30 days ago)")
     parser.add_argument("--to", default=None, help="end (a bare date includes that day)")
@@ -219,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if not safe_to_start(config):
+        return 1
+    if port_in_use(config.server.host, config.server.port):
+        print(f"error: {config.server.host}:{config.server.port} is already in use (another "
+              "proxy or program listens there); stop it or choose --port", file=sys.stderr)
         return 1
     serve(config, rules)
     return 0

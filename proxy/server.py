@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import gc
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from typing import Any
@@ -111,6 +113,21 @@ def run_worker(config: Config, rules: str, reuse_port: bool) -> None:
     app.on_startup.append(_freeze_startup_objects)  # after the services are up
     web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=reuse_port,
                 access_log=None, print=None, backlog=2048, **SERVER_OPTIONS)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when another process listens on host:port (a probe bind, closed at once;
+    SO_REUSEPORT is not set, so another proxy's reuse-port listener counts too)."""
+    if port == 0:
+        return False
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def serve(config: Config, rules: str) -> None:

@@ -172,3 +172,18 @@ def test_example_keys_pass_on_loopback_with_a_warning_for_the_missing_upstream_k
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "PROXY_TEST_UNSET_KEY is not set" in result.stderr
+
+
+def test_serve_on_a_busy_port_says_so_and_exits(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "config.toml"
+        config.write_text(f'[server]\nport = {port}\n'
+                          '[[upstreams]]\nname = "a"\nbase_url = "http://127.0.0.1:9/v1"\n')
+        result = run_cli("serve", "--config", str(config), "--rules",
+                         str(ROOT / "rules/config.toml"))
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port} is already in use" in result.stderr
+    assert "Traceback" not in result.stderr and "listening" not in result.stdout

@@ -222,3 +222,16 @@ def test_cli_stats_refuses_out_of_range_times(tmp_path: Path, flags: list[str],
     assert main(["stats", "--config", str(_cli_config(tmp_path)), *flags]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "between 1970" in err and "Traceback" not in err
+
+
+def test_cli_stats_reads_a_ledger_by_path_without_a_config(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with LiveProxy(tmp_path) as live:
+        insert_entries(live, [sample_entry(ts=DAY, cost_usd=0.25, baseline_usd=1.0)])
+    monkeypatch.chdir(tmp_path)  # no config.toml here, as after `python -m proxy demo`
+    assert main(["stats", "--db", str(tmp_path / "proxy.db"), "--from", "2025-03-01",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["totals"]["cost_usd"] == 0.25
+    assert main(["stats", "--db", str(tmp_path / "nope.db")]) == 1
+    assert "no database there (--db)" in capsys.readouterr().err
