@@ -28,6 +28,18 @@ DEMO_ADMIN_KEY = "sk-proxy-demo-admin"
 DEFAULT_RULES = str(Path(__file__).resolve().parent.parent / "rules" / "config.toml")
 
 
+async def _until_ready(app: web.Application, timeout: float = 300.0) -> None:
+    """Wait until every resource that says whether it is ready (the embedder, the fitted
+    models) is, as /ready does, so the banner's example answers at once."""
+    from proxy.app_keys import SERVICES
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline and any(
+            getattr(r, "ready", True) is False for r in app[SERVICES].state.values()):
+        await asyncio.sleep(0.1)
+
+
 async def _demo(host: str, port: int, rules: str, db_path: str) -> None:
     from proxy.app import create_app
     from proxy.demo import demo_config
@@ -41,10 +53,13 @@ async def _demo(host: str, port: int, rules: str, db_path: str) -> None:
     fake_port = fake_runner.addresses[0][1]
     config = demo_config(f"http://127.0.0.1:{fake_port}/v1", port, db_path,
                          hash_key(DEMO_KEY), hash_key(DEMO_ADMIN_KEY))
-    runner = web.AppRunner(create_app(config, rules), access_log=None, **SERVER_OPTIONS)
+    app = create_app(config, rules)
+    runner = web.AppRunner(app, access_log=None, **SERVER_OPTIONS)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
+    print("loading the embedding model and fitting the classifiers...", flush=True)
+    await _until_ready(app)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{runner.addresses[0][1]}/v1"
     print(f"""LLM cost proxy demo (fake upstream, no API key needed)

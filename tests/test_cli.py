@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,8 +104,10 @@ def test_demo_prints_a_working_base_url_and_key(tmp_path: Path, process_cleanup:
                              "--db", str(tmp_path / "demo.db")], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     process_cleanup.append(proc)
-    base = wait_for_line(proc, r"base URL").split(":", 1)[1].strip()
+    base = wait_for_line(proc, r"base URL", timeout=240).split(":", 1)[1].strip()
     key = wait_for_line(proc, r"API key").split(":", 1)[1].strip()
+    with urllib.request.urlopen(base.removesuffix("/v1") + "/ready") as ready:
+        assert ready.status == 200  # the banner comes once the models are loaded and fitted
     client = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
     reply = client.chat.completions.create(model="gpt-4o", messages=[
         {"role": "user", "content": "what is a good evening routine?"}])
