@@ -85,7 +85,6 @@ def replay(live: LiveProxy) -> None:
     for i in range(3):
         live.client().chat.completions.create(
             model="gpt-4o", messages=[{"role": "user", "content": f"live question {i}"}])
-    live.services.state["budget_remaining"] = lambda: {"alice": 6.5, "bob": 0.4}
 
 
 @pytest.fixture

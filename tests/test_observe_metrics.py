@@ -57,7 +57,6 @@ def test_metrics_parse_for_the_admin_key(live: LiveProxy) -> None:
     ("alice", 403, "permission_denied")])
 def test_metrics_refuse_callers_without_the_admin_key(live: LiveProxy, key: str | None,
                                                       status: int, code: str) -> None:
-    live.services.state["budget_remaining"] = lambda: {"alice": 4.5}
     headers = {"Authorization": f"Bearer {KEYS.get(key, key)}"} if key else {}
     request = urllib.request.Request(live.base_url.removesuffix("/v1") + "/metrics",
                                      headers=headers)
@@ -158,23 +157,39 @@ def test_cached_tokens_are_counted_per_model(live: LiveProxy) -> None:
     assert total(samples, "proxy_tokens_total", direction="prompt", model="gpt-4o") == 3500
 
 
-def test_budget_remaining_comes_from_the_registered_hook(live: LiveProxy) -> None:
-    live.services.state["budget_remaining"] = lambda: {"alice": 4.5, "bob": 0.0}
-    samples = scrape(live.base_url)
-    assert samples[("proxy_budget_remaining_usd", (("key", "alice"),))] == 4.5
-    assert samples[("proxy_budget_remaining_usd", (("key", "bob"),))] == 0.0
+BUDGET_ONLY = 'pipeline = ["budget"]'
+BUDGETED = {"keys": {"alice": {"budget_usd": 10.0}, "bob": {"budget_usd": 5.0}}}
+
+
+def spend(live: LiveProxy) -> float:
+    """Alice asks once; what upstream billed her (the ledger row's cost)."""
+    live.client().chat.completions.create(model="gpt-4o",
+                                          messages=[{"role": "user", "content": "plan my day"}])
+    [row] = live.ledger_rows()
+    assert row["cost_usd"] > 0
+    return float(row["cost_usd"])
+
+
+def test_budget_remaining_metric_is_what_each_key_has_left(tmp_path: Path) -> None:
+    with LiveProxy(tmp_path, rules=BUDGET_ONLY, config=BUDGETED) as live:
+        cost = spend(live)
+        samples = scrape(live.base_url)
+    assert samples[("proxy_budget_remaining_usd", (("key", "alice"),))] == pytest.approx(
+        10.0 - cost)
+    assert samples[("proxy_budget_remaining_usd", (("key", "bob"),))] == 5.0
 
 
 def test_budgets_endpoint_shows_a_tenant_only_its_own(tmp_path: Path) -> None:
-    with LiveProxy(tmp_path, config={"keys": {"alice": {"budget_usd": 10.0},
-                                              "bob": {"budget_usd": 5.0}}}) as live:
-        live.services.state["budget_remaining"] = lambda: {"alice": 7.25, "bob": 1.0}
+    with LiveProxy(tmp_path, rules=BUDGET_ONLY, config=BUDGETED) as live:
+        cost = spend(live)
         status, body = admin_get(live, "/v1/proxy/budgets", key="alice")
         admin = admin_get(live, "/v1/proxy/budgets")[1]
     assert status == 200
     assert body["budgets"] == [{"key": "alice", "budget_usd": 10.0, "period": "month",
-                                "soft_budget_usd": None, "remaining_usd": 7.25}]
-    assert [b["key"] for b in admin["budgets"]] == ["alice", "bob"]
+                                "soft_budget_usd": None,
+                                "remaining_usd": pytest.approx(10.0 - cost)}]
+    assert [(b["key"], b["remaining_usd"]) for b in admin["budgets"]] == [
+        ("alice", pytest.approx(10.0 - cost)), ("bob", 5.0)]
 
 
 def test_metrics_carry_no_request_ids(live: LiveProxy) -> None:

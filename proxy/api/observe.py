@@ -97,7 +97,7 @@ async def get_budgets(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     tenant = tenant_of(request)
     hook = services.state.get(BUDGET_HOOK)
-    remaining = dict(hook()) if hook is not None else {}
+    remaining = dict(await hook.refresh()) if hook is not None else {}
     budgets = [{"key": key.name, "budget_usd": key.budget_usd, "period": key.budget_period,
                 "soft_budget_usd": key.soft_budget_usd, "remaining_usd": remaining.get(key.name)}
                for key in (t.policy for t in services.keys.tenants())
@@ -114,6 +114,9 @@ async def get_metrics(request: web.Request) -> web.Response:
             raise PermissionDenied("Reading /metrics needs the admin key (or set "
                                    "metrics_public = true in config.toml's [admin] table).")
     await services.ledger.flush()
+    hook = services.state.get(BUDGET_HOOK)
+    if hook is not None:
+        await hook.refresh()  # the collector reports the last refresh
     return web.Response(body=request.app[METRICS].render(),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -22,7 +22,9 @@ from proxy import tokens
 from proxy.alerts import AlertSender, crossed
 from proxy.config import KeyConfig, Section
 from proxy.errors import QuotaExceeded, RateLimited
+from proxy.observe.metrics import BUDGET_HOOK
 from proxy.periods import current_period
+from proxy.pipeline.budget_left import BudgetLeft
 from proxy.pipeline.core import Context, Next, Reply
 from proxy.pipeline.ratelimit_headers import TOKEN, duration, record_window, retry_after
 from proxy.pipeline.stream_end import call_when_stream_ends
@@ -52,7 +54,10 @@ def parse_rules(section: Section) -> Rules:
 
 
 def build(rules: Rules, services: Services) -> Budget:
-    """The budget stage over the shared limit store."""
+    """The budget stage over the shared limit store; it also serves what is left of each
+    key's budget to /metrics and /v1/proxy/budgets (`BudgetLeft`)."""
+    services.state[BUDGET_HOOK] = BudgetLeft(services.keys, limits_of(services),
+                                             services.config.server.timezone)
     return Budget(rules, limits_of(services), services.prices,
                   services.config.server.timezone, alerts_of(services),
                   services.config.alerts_daily_usd)
