@@ -36,10 +36,6 @@ class LinearModel:
         xs = (np.atleast_2d(x) - self.mean) / self.scale
         return xs @ self.weights[:-1] + self.weights[-1]
 
-    def score(self, x: np.ndarray, label: str) -> float:
-        """The score of `label` for one example."""
-        return float(self.scores(x)[0, self.classes.index(label)])
-
 
 def fit(x: np.ndarray, labels: Sequence[str], l2: float = 1.0,
         classes: Sequence[str] | None = None) -> LinearModel:
