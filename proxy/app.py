@@ -21,6 +21,7 @@ from proxy.api import (
     keys,
     models,
     observe,
+    openapi,
     passthrough,
     responses,
     threads,
@@ -45,7 +46,7 @@ from proxy.upstream.terminal import UpstreamTerminal
 log = logging.getLogger("proxy")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/dashboard"})
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/dashboard", "/openapi.json"})
 
 
 def _error_response(exc: ProxyError, request_id: str) -> web.Response:
@@ -165,6 +166,7 @@ def create_app(config: Config, rules_path: str | None = None) -> web.Application
     observe.add_routes(app)
     threads.add_routes(app)
     responses.add_routes(app)
+    openapi.add_routes(app)
     # last: every other /v1 path goes to the upstream as it came
     app.router.add_route("*", "/v1/{tail:.*}", passthrough.forward)
     return app

@@ -44,6 +44,7 @@ def json_handler(action: JsonAction) -> Callable[[web.Request], Awaitable[web.Re
     async def handler(request: web.Request) -> web.Response:
         runtime: ThreadsRuntime = request.app[SERVICES].state[STATE_KEY]
         return _json(await action(request, runtime, tenant_of(request).name), request)
+    handler.__doc__ = action.__doc__  # what /openapi.json says of the route
     return handler
 
 
@@ -55,6 +56,7 @@ def run_handler(action: RunAction) -> Callable[[web.Request], Awaitable[web.Stre
         if events is None:
             return _json(run, request, {"openai-poll-after-ms": POLL_AFTER_MS})
         return await _stream(request, events)
+    handler.__doc__ = action.__doc__  # what /openapi.json says of the route
     return handler
 
 
@@ -80,44 +82,54 @@ def _ids(request: web.Request, *names: str) -> list[str]:
 # --- assistants, threads, messages -----------------------------------------------------
 
 async def create_assistant(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """Create assistant (the Assistants API, served by the proxy)."""
     return await rt.records.create_assistant(owner, await _body(request))
 
 
 async def list_assistants(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """List assistants (the Assistants API, served by the proxy)."""
     return await rt.records.listing(owner, "assistant", "", params.list_query(request.query))
 
 
 async def retrieve_assistant(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """Retrieve assistant (the Assistants API, served by the proxy)."""
     return public(await rt.records.require(owner, "assistant", *_ids(request, "assistant_id")))
 
 
 async def modify_assistant(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """Modify assistant (the Assistants API, served by the proxy)."""
     return await rt.records.modify_assistant(owner, *_ids(request, "assistant_id"),
                                              await _body(request))
 
 
 async def delete_assistant(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """Delete assistant (the Assistants API, served by the proxy)."""
     return await rt.records.delete_assistant(owner, *_ids(request, "assistant_id"))
 
 
 async def create_thread(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """Create thread (the Assistants API, served by the proxy)."""
     return await rt.records.create_thread(owner, await _body(request))
 
 
 async def retrieve_thread(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """Retrieve thread (the Assistants API, served by the proxy)."""
     return public(await rt.records.require(owner, "thread", *_ids(request, "thread_id")))
 
 
 async def modify_thread(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """Modify thread (the Assistants API, served by the proxy)."""
     return await rt.records.modify_thread(owner, *_ids(request, "thread_id"),
                                           await _body(request))
 
 
 async def delete_thread(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """Delete thread (the Assistants API, served by the proxy)."""
     return await rt.records.delete_thread(owner, *_ids(request, "thread_id"))
 
 
 async def create_message(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """Create message (the Assistants API, served by the proxy)."""
     fields = params.message(await _body(request))
     (thread_id,) = _ids(request, "thread_id")
     await rt.records.require(owner, "thread", thread_id)
@@ -126,6 +138,7 @@ async def create_message(request: web.Request, rt: ThreadsRuntime, owner: str) -
 
 
 async def list_messages(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """List messages (the Assistants API, served by the proxy)."""
     (thread_id,) = _ids(request, "thread_id")
     query = params.list_query(request.query)
     await rt.records.require(owner, "thread", thread_id)
@@ -135,17 +148,20 @@ async def list_messages(request: web.Request, rt: ThreadsRuntime, owner: str) ->
 
 
 async def retrieve_message(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """Retrieve message (the Assistants API, served by the proxy)."""
     thread_id, message_id = _ids(request, "thread_id", "message_id")
     return public(await rt.records.require(owner, "message", message_id,
                                            ("thread_id", thread_id)))
 
 
 async def modify_message(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """Modify message (the Assistants API, served by the proxy)."""
     return await rt.records.modify_message(owner, *_ids(request, "thread_id", "message_id"),
                                            await _body(request))
 
 
 async def delete_message(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """Delete message (the Assistants API, served by the proxy)."""
     return await rt.records.delete_message(owner, *_ids(request, "thread_id", "message_id"))
 
 
@@ -153,18 +169,21 @@ async def delete_message(request: web.Request, rt: ThreadsRuntime, owner: str) -
 
 async def create_run(request: web.Request, rt: ThreadsRuntime
                      ) -> tuple[dict[str, Any], RunEvents | None]:
+    """Create run (the Assistants API, served by the proxy)."""
     return await rt.runs.create(tenant_of(request), *_ids(request, "thread_id"),
                                 await _body(request), request_id(request), request.headers)
 
 
 async def create_thread_and_run(request: web.Request, rt: ThreadsRuntime
                                 ) -> tuple[dict[str, Any], RunEvents | None]:
+    """Create thread, then start a run on it (the Assistants API, served by the proxy)."""
     return await rt.runs.create_thread_and_run(tenant_of(request), await _body(request),
                                                request_id(request), request.headers)
 
 
 async def submit_tool_outputs(request: web.Request, rt: ThreadsRuntime
                               ) -> tuple[dict[str, Any], RunEvents | None]:
+    """Submit tool outputs (the Assistants API, served by the proxy)."""
     return await rt.runs.submit_tool_outputs(
         tenant_of(request), *_ids(request, "thread_id", "run_id"), await _body(request),
         request_id(request), request.headers)
@@ -172,11 +191,13 @@ async def submit_tool_outputs(request: web.Request, rt: ThreadsRuntime
 
 async def retrieve_run(request: web.Request, rt: ThreadsRuntime
                        ) -> tuple[dict[str, Any], RunEvents | None]:
+    """Retrieve run (the Assistants API, served by the proxy)."""
     return await rt.runs.retrieve(tenant_of(request).name,
                                   *_ids(request, "thread_id", "run_id")), None
 
 
 async def list_runs(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """List runs (the Assistants API, served by the proxy)."""
     (thread_id,) = _ids(request, "thread_id")
     query = params.list_query(request.query)
     await rt.records.require(owner, "thread", thread_id)
@@ -184,15 +205,18 @@ async def list_runs(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any
 
 
 async def modify_run(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """Modify run (the Assistants API, served by the proxy)."""
     return await rt.runs.modify(owner, *_ids(request, "thread_id", "run_id"),
                                 await _body(request))
 
 
 async def cancel_run(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """Cancel run (the Assistants API, served by the proxy)."""
     return await rt.runs.cancel(owner, *_ids(request, "thread_id", "run_id"))
 
 
 async def list_steps(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """List steps (the Assistants API, served by the proxy)."""
     thread_id, run_id = _ids(request, "thread_id", "run_id")
     query = params.list_query(request.query)
     await rt.records.require(owner, "run", run_id, ("thread_id", thread_id))
@@ -200,6 +224,7 @@ async def list_steps(request: web.Request, rt: ThreadsRuntime, owner: str) -> An
 
 
 async def retrieve_step(request: web.Request, rt: ThreadsRuntime, owner: str) -> Any:
+    """Retrieve step (the Assistants API, served by the proxy)."""
     thread_id, run_id, step_id = _ids(request, "thread_id", "run_id", "step_id")
     step = await rt.records.require(owner, "step", step_id, ("run_id", run_id))
     if step["thread_id"] != thread_id:
