@@ -120,17 +120,10 @@ def baseline_usage(ctx: Context, reply: Reply | None) -> Usage:
     return Usage(prompt, billed.completion_tokens if billed else 0, min(cached, prompt))
 
 
-def ledger_entry(
-    ctx: Context, reply: Reply | None, prices: PriceTable, *, status: int,
-    error: str | None = None, answer: Mapping[str, Any] | None = None,
-) -> LedgerEntry:
-    """The ledger row for a finished request (`answer`: the chat.completion, if captured)."""
-    billed = reply.usage if reply is not None and reply.stage == "upstream" else None
-    model = (reply.model if reply is not None and reply.model else ctx.model)
-    cost = prices.usage_cost(model, billed) if billed else 0.0
-    base = baseline_usage(ctx, reply) if status < 400 else Usage()
-    baseline = prices.usage_cost(ctx.baseline_model or ctx.requested_model, base)
-    sent = tools_sent(ctx.body)
+def _entry(ctx: Context, reply: Reply | None, *, model: str, billed: Usage | None,
+           cost: float, baseline: float, status: int, error: str | None,
+           **extra: Any) -> LedgerEntry:
+    """The fields every ledger row has, from the request, its reply and what it cost."""
     return LedgerEntry(
         request_id=ctx.request_id,
         ts=time.time(),
@@ -150,12 +143,26 @@ def ledger_entry(
         source=ctx.source,
         trace=trace_json(ctx),
         error=error or (reply.error if reply is not None else None),
-        prompt_hash=prompt_hash(ctx.messages),
-        max_tokens=_max_tokens(ctx.body),
         upstream_ms=ctx.scratch.get(UPSTREAM_MS),
-        tools_sent=sent,
-        tools_called=tools_called(answer) if sent else None,
+        **extra,
     )
+
+
+def ledger_entry(
+    ctx: Context, reply: Reply | None, prices: PriceTable, *, status: int,
+    error: str | None = None, answer: Mapping[str, Any] | None = None,
+) -> LedgerEntry:
+    """The ledger row for a finished request (`answer`: the chat.completion, if captured)."""
+    billed = reply.usage if reply is not None and reply.stage == "upstream" else None
+    model = (reply.model if reply is not None and reply.model else ctx.model)
+    cost = prices.usage_cost(model, billed) if billed else 0.0
+    base = baseline_usage(ctx, reply) if status < 400 else Usage()
+    baseline = prices.usage_cost(ctx.baseline_model or ctx.requested_model, base)
+    sent = tools_sent(ctx.body)
+    return _entry(ctx, reply, model=model, billed=billed, cost=cost, baseline=baseline,
+                  status=status, error=error, prompt_hash=prompt_hash(ctx.messages),
+                  max_tokens=_max_tokens(ctx.body), tools_sent=sent,
+                  tools_called=tools_called(answer) if sent else None)
 
 
 def _max_tokens(body: Mapping[str, Any]) -> int | None:
@@ -173,23 +180,5 @@ def passthrough_entry(ctx: Context, reply: Reply | None, prices: PriceTable, bil
     cost = bill.cost_usd if bill else 0.0
     baseline = (prices.cost(model, saved.prompt_tokens, saved.completion_tokens)
                 if saved is not None else cost)
-    return LedgerEntry(
-        request_id=ctx.request_id,
-        ts=time.time(),
-        tenant=ctx.tenant.name,
-        namespace=ctx.tenant.namespace,
-        requested_model=ctx.requested_model,
-        model=model,
-        stage=reply.stage if reply is not None else "error",
-        prompt_tokens=bill.usage.prompt_tokens if bill else 0,
-        completion_tokens=bill.usage.completion_tokens if bill else 0,
-        cost_usd=cost,
-        baseline_usd=max(baseline, cost),
-        latency_ms=(time.perf_counter() - ctx.started) * 1000.0,
-        status=status,
-        stream=ctx.stream,
-        source=ctx.source,
-        trace=orjson.dumps([d.to_dict() for d in ctx.trace]).decode(),
-        error=error or (reply.error if reply is not None else None),
-        upstream_ms=ctx.scratch.get(UPSTREAM_MS),
-    )
+    return _entry(ctx, reply, model=model, billed=bill.usage if bill else None, cost=cost,
+                  baseline=baseline, status=status, error=error)
