@@ -14,18 +14,22 @@ directives work as for chat.
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import orjson
 
 from proxy.pipeline.cache_control import HEADER, CacheDirectives
 from proxy.pipeline.core import Context, Next, Reply
-from proxy.pipeline.exact_cache import NAME, Policy, Rules, marked, request_key
+from proxy.pipeline.exact_cache import (
+    NAME,
+    Policy,
+    Rules,
+    marked,
+    read_stored,
+    request_key,
+    write_stored,
+)
 from proxy.pipeline.passthrough_usage import ANSWER, usage_of
 from proxy.pipeline.stream_end import call_when_stream_ends
 from proxy.store.cache_entries import CacheEntries
-from proxy.store.kv import StoreError
 
 ENDPOINT = "embeddings"
 
@@ -65,25 +69,11 @@ class EmbeddingsCache:
         return reply
 
     async def _lookup(self, ctx: Context, namespace: str, key: str) -> Reply | None:
-        try:
-            value = await self.entries.get(namespace, key)
-        except StoreError as exc:
-            ctx.decide(self.name, "miss", f"store unavailable: {exc}", key=key[:16])
+        found = await read_stored(self.entries, ctx, self.name, namespace, [key], "embeddings")
+        if found is None:
             return None
-        if value is None:
-            ctx.decide(self.name, "miss", "no stored answer for this request", key=key[:16])
-            return None
-        try:
-            entry = orjson.loads(value)
-            age = max(0, int(time.time() - entry["stored_at"]))
-            answer: dict[str, Any] = entry["embeddings"]
-            saved = usage_of(answer["usage"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            ctx.decide(self.name, "miss", "unreadable stored entry (dropped)", key=key[:16])
-            self.entries.delete(namespace, key)
-            return None
-        ctx.decide(self.name, "hit", f"stored {age}s ago", key=key[:16], age=age)
-        self.entries.touch(namespace, key)
+        answer, age = found
+        saved = usage_of(answer.get("usage"))
         return Reply(status=200, body=orjson.dumps(answer), stage=self.name,
                      model=str(answer.get("model") or ctx.model), saved_usage=saved,
                      headers={"Content-Type": "application/json", HEADER: "hit-exact",
@@ -97,11 +87,5 @@ class EmbeddingsCache:
         if not isinstance(answer, dict) or usage_of(answer.get("usage")) is None:
             ctx.decide(self.name, "not_stored", "answer not read whole, or without usage")
             return
-        value = orjson.dumps({"embeddings": answer, "stored_at": time.time()})
-        limits = self.rules.limits
-        if limits.max_bytes is not None and len(value) > limits.max_bytes:
-            ctx.decide(self.name, "not_stored", "answer larger than max_bytes")
-        elif self.entries.put(ctx.tenant.namespace, key, value, policy.ttl_seconds, limits):
-            ctx.decide(self.name, "store", f"for {policy.ttl_seconds:g}s", key=key[:16])
-        else:
-            ctx.decide(self.name, "not_stored", "write queue full")
+        write_stored(self.entries, ctx, self.name, key, "embeddings", answer,
+                     policy.ttl_seconds, self.rules.limits)

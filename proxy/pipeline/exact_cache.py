@@ -253,29 +253,10 @@ class ExactCache:
         return request_key(*args)
 
     async def _lookup(self, ctx: Context, namespace: str, keys: list[str]) -> Reply | None:
-        value = None
-        try:
-            for key in keys:
-                value = await self.entries.get(namespace, key)
-                if value is not None:
-                    break
-        except StoreError as exc:
-            ctx.decide(self.name, "miss", f"store unavailable: {exc}", key=key[:16])
+        found = await read_stored(self.entries, ctx, self.name, namespace, keys, "completion")
+        if found is None:
             return None
-        if value is None:
-            ctx.decide(self.name, "miss", "no stored answer for this request", key=keys[0][:16])
-            return None
-        try:
-            entry = orjson.loads(value)
-            age = max(0, int(time.time() - entry["stored_at"]))
-            stored = dict(entry["completion"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            ctx.decide(self.name, "miss", "unreadable stored entry (dropped)", key=key[:16])
-            self.entries.delete(namespace, key)
-            return None
-        ctx.decide(self.name, "hit", f"stored {age}s ago", key=key[:16], age=age)
-        if not ctx.dry_run:
-            self.entries.touch(namespace, key)
+        stored, age = found
         completion = {**stored, "id": completion_id(), "created": int(time.time())}
         return free_reply(ctx, completion, stage=self.name,
                           saved_usage=Usage.from_openai(completion.get("usage")),
@@ -289,14 +270,52 @@ class ExactCache:
             return
         if not completion.get("usage") and reply.usage is not None:
             completion["usage"] = reply.usage.to_openai()
-        value = orjson.dumps({"completion": completion, "stored_at": time.time()})
-        limits = self.rules.limits
-        if limits.max_bytes is not None and len(value) > limits.max_bytes:
-            ctx.decide(self.name, "not_stored", "answer larger than max_bytes")
-        elif self.entries.put(ctx.tenant.namespace, key, value, policy.ttl_seconds, limits):
-            ctx.decide(self.name, "store", f"for {policy.ttl_seconds:g}s", key=key[:16])
-        else:
-            ctx.decide(self.name, "not_stored", "write queue full")
+        write_stored(self.entries, ctx, self.name, key, "completion", completion,
+                     policy.ttl_seconds, self.rules.limits)
+
+
+async def read_stored(entries: CacheEntries, ctx: Context, stage: str, namespace: str,
+                      keys: list[str], field: str) -> tuple[dict[str, Any], int] | None:
+    """The answer stored under the first of `keys` that has one (its `field`) and its age
+    in seconds, marked as used; None with the miss recorded (an unreadable entry is
+    dropped)."""
+    value, key = None, keys[0]
+    try:
+        for key in keys:
+            value = await entries.get(namespace, key)
+            if value is not None:
+                break
+    except StoreError as exc:
+        ctx.decide(stage, "miss", f"store unavailable: {exc}", key=key[:16])
+        return None
+    if value is None:
+        ctx.decide(stage, "miss", "no stored answer for this request", key=keys[0][:16])
+        return None
+    try:
+        entry = orjson.loads(value)
+        age = max(0, int(time.time() - entry["stored_at"]))
+        stored = dict(entry[field])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        ctx.decide(stage, "miss", "unreadable stored entry (dropped)", key=key[:16])
+        entries.delete(namespace, key)
+        return None
+    ctx.decide(stage, "hit", f"stored {age}s ago", key=key[:16], age=age)
+    if not ctx.dry_run:
+        entries.touch(namespace, key)
+    return stored, age
+
+
+def write_stored(entries: CacheEntries, ctx: Context, stage: str, key: str, field: str,
+                 answer: dict[str, Any], ttl_seconds: float, limits: SizeLimits) -> None:
+    """Queue `answer` under `key` in the caller's namespace (decision recorded): not when
+    larger than the namespace's max_bytes, nor when the write queue is full."""
+    value = orjson.dumps({field: answer, "stored_at": time.time()})
+    if limits.max_bytes is not None and len(value) > limits.max_bytes:
+        ctx.decide(stage, "not_stored", "answer larger than max_bytes")
+    elif entries.put(ctx.tenant.namespace, key, value, ttl_seconds, limits):
+        ctx.decide(stage, "store", f"for {ttl_seconds:g}s", key=key[:16])
+    else:
+        ctx.decide(stage, "not_stored", "write queue full")
 
 
 def marked(reply: Reply, outcome: str) -> Reply:
