@@ -21,7 +21,8 @@ It also notes what the recommendations need: a hash of the last user message
 the tools the answer called, and the time spent on the upstream.
 
 Pass-through requests (`passthrough_entry`) are billed what their answer's usage says,
-priced where it was read (`proxy.pipeline.passthrough_usage`).
+priced where it was read (`proxy.pipeline.passthrough_usage`). A batch line the proxy
+answered itself (`batch_line_entry`) costs nothing and saved its answer at the batch price.
 """
 
 from __future__ import annotations
@@ -182,3 +183,14 @@ def passthrough_entry(ctx: Context, reply: Reply | None, prices: PriceTable, bil
                 if saved is not None else cost)
     return _entry(ctx, reply, model=model, billed=bill.usage if bill else None, cost=cost,
                   baseline=baseline, status=status, error=error)
+
+
+def batch_line_entry(ctx: Context, reply: Reply, prices: PriceTable) -> LedgerEntry:
+    """The ledger row of a batch line a free stage answered: nothing billed, the baseline
+    what the line would have cost in the upstream batch (the batch price)."""
+    base = baseline_usage(ctx, reply)
+    baseline = prices.batch_cost(ctx.baseline_model or ctx.requested_model,
+                                 base.prompt_tokens, base.completion_tokens)
+    return _entry(ctx, reply, model=reply.model or ctx.model, billed=None, cost=0.0,
+                  baseline=baseline, status=reply.status, error=None,
+                  prompt_hash=prompt_hash(ctx.messages), max_tokens=_max_tokens(ctx.body))

@@ -15,6 +15,7 @@ from aiohttp import web
 from proxy import tokens
 from proxy.api import (
     admin,
+    batches,
     cache,
     chat,
     explain,
@@ -167,6 +168,7 @@ def create_app(config: Config, rules_path: str | None = None) -> web.Application
     threads.add_routes(app)
     responses.add_routes(app)
     openapi.add_routes(app)
+    batches.add_routes(app)
     # last: every other /v1 path goes to the upstream as it came
     app.router.add_route("*", "/v1/{tail:.*}", passthrough.forward)
     return app

@@ -9,6 +9,7 @@ from aiohttp import web
 from proxy.api.body import read_body
 from proxy.api.validate import parse_json_object, validate_chat_request
 from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
+from proxy.batches.defer import refuse_deferral
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.dispatch import dispatch
 from proxy.pipeline.drain import stream_reply
@@ -35,6 +36,7 @@ def reply_headers(ctx: Context, reply: Reply) -> dict[str, str]:
 
 def build_context(request: web.Request, raw: bytes) -> Context:
     """Parse and validate the body into a Context for the requesting tenant."""
+    refuse_deferral(request.headers)
     tenant = tenant_of(request)
     body = parse_json_object(raw)
     validate_chat_request(body)

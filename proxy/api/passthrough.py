@@ -70,8 +70,11 @@ async def _upload(request: web.Request) -> AsyncIterator[bytes]:
         yield data
 
 
-async def forward(request: web.Request, body: bytes | None = None) -> web.StreamResponse:
-    """Pass the request through to the upstream and stream its answer back."""
+async def forward(request: web.Request, body: bytes | None = None,
+                  terminal: Next | None = None) -> web.StreamResponse:
+    """Pass the request through to the upstream and stream its answer back (or, with
+    `terminal`, end the pass-through chain there instead: a handler that answers the
+    request itself, still limited, budgeted and recorded as a pass-through)."""
     if _own_path(request.path):
         raise await _not_served(request)
     services = request.app[SERVICES]
@@ -89,15 +92,15 @@ async def forward(request: web.Request, body: bytes | None = None) -> web.Stream
     try:
         if document is not None and isinstance(document.get("model"), str):
             ctx.tenant.require_model(document["model"])
-        chain = passthrough_chain(request.app[PIPELINE].current, _terminal(request, upload),
-                                  embeddings=embeddings)
+        chain = passthrough_chain(request.app[PIPELINE].current,
+                                  terminal or _terminal(request, upload), embeddings=embeddings)
         reply = await chain(ctx)
     except ProxyError as exc:
         _record(services, ctx, None, status=exc.status, error=exc.message)
         raise
     headers = {**reply.headers, "x-request-id": ctx.request_id,
                "x-proxy-request-id": ctx.request_id, "x-proxy-stage": reply.stage}
-    if reply.chunks is None:  # answered by the proxy (a cache hit)
+    if reply.chunks is None:  # answered by the proxy (a cache hit, a batch it took in)
         _record(services, ctx, reply, status=reply.status)
         return web.Response(status=reply.status, body=reply.body, headers=headers)
     return await send_stream(request, web.StreamResponse(status=reply.status, headers=headers),

@@ -20,6 +20,7 @@ from proxy.api.chat import reply_headers
 from proxy.api.passthrough import forward
 from proxy.api.validate import parse_json_object
 from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
+from proxy.batches.defer import refuse_deferral
 from proxy.errors import InvalidRequest, NotFound
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.dispatch import dispatch
@@ -62,6 +63,7 @@ async def _chain(store: ResponseStore, owner: str, body: dict[str, Any]) -> Chai
 
 async def create_response(request: web.Request) -> web.StreamResponse:
     """Answer a Responses request through the pipeline."""
+    refuse_deferral(request.headers)
     raw = await read_body(request)
     body = parse_json_object(raw)
     if upstream_need(body) is not None:
