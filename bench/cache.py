@@ -35,7 +35,7 @@ import orjson
 import redis.asyncio
 import semantic  # noqa: E402  (bench/semantic.py)
 
-from proxy.pipeline.exact_cache import request_key
+from proxy.pipeline.exact_cache import exact_entries, request_key
 from proxy.pipeline.replies import make_completion
 from proxy.store.cache_entries import CacheEntries
 from proxy.store.kv import KVStore, SqliteKV
@@ -126,7 +126,7 @@ async def _hits_and_misses(live: LiveProxy, stream: bool, requests: int) -> dict
 
         await timed(requests, post)
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-            live.services.state["exact_cache"].drain(), live.loop))
+            exact_entries(live.resources).drain(), live.loop))
         samples = await timed(2 * requests, lambda j: post(j // 2 + (j % 2) * requests))
     return {"hit": percentiles(samples[0::2]), "miss": percentiles(samples[1::2])}
 
@@ -141,7 +141,7 @@ def exact_through_proxy(requests: int, backend: str) -> dict[str, Any]:
         live.fake.record = False
         results = {"json": asyncio.run(_hits_and_misses(live, False, requests)),
                    "sse": asyncio.run(_hits_and_misses(live, True, requests))}
-        live.run(live.services.kv.purge("exact:alice"))
+        live.run(live.resources.kv.purge("exact:alice"))
     return results
 
 

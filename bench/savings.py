@@ -225,15 +225,15 @@ ROW_SOURCE = {"chat": "chat", "threads": "thread", "responses": "responses"}
 
 
 async def _last_rowid(live: LiveProxy) -> int:
-    await live.services.ledger.flush()
-    async with live.services.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM ledger") as cur:
+    await live.resources.ledger.flush()
+    async with live.resources.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM ledger") as cur:
         row = await cur.fetchone()
     return int(row[0]) if row else 0
 
 
 async def _first_stage_after(live: LiveProxy, rowid: int) -> tuple[str, str]:
-    await live.services.ledger.flush()
-    async with live.services.db.execute(
+    await live.resources.ledger.flush()
+    async with live.resources.db.execute(
             "SELECT stage, model FROM ledger WHERE rowid > ? AND source = 'thread' "
             "ORDER BY rowid LIMIT 1", (rowid,)) as cur:
         row = await cur.fetchone()
@@ -330,7 +330,7 @@ def main() -> None:
         stages = replay(lives, events, args.model, system_prompt(args.system_tokens))
         seconds = time.perf_counter() - start
         for live in lives[1:]:  # every replica's rows are in the one database
-            live.run(live.services.ledger.flush())
+            live.run(live.resources.ledger.flush())
         rows = [r for r in lives[0].ledger_rows()
                 if r["source"] in (ROW_SOURCE[args.mode], "summary")]
     summary = {"mode": args.mode, "model": args.model, "replicas": args.replicas,

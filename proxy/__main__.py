@@ -31,12 +31,11 @@ DEFAULT_RULES = str(Path(__file__).resolve().parent.parent / "rules" / "config.t
 async def _until_ready(app: web.Application, timeout: float = 300.0) -> None:
     """Wait until every resource that says whether it is ready (the embedder, the fitted
     models) is, as /ready does, so the banner's example answers at once."""
-    from proxy.app_keys import SERVICES
+    from proxy.resources import RESOURCES
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while loop.time() < deadline and any(
-            getattr(r, "ready", True) is False for r in app[SERVICES].state.values()):
+    while loop.time() < deadline and app[RESOURCES].kept.loading():
         await asyncio.sleep(0.1)
 
 

@@ -42,7 +42,6 @@ from proxy.pipeline.passthrough_usage import Bill
 from proxy.pipeline.prompt_cache import warm_cached_tokens
 from proxy.pricing import PriceTable
 from proxy.store.ledger import LedgerEntry
-from proxy.upstream.terminal import UPSTREAM_MS
 
 NORMALIZED_HASH_CHARS = 65_536  # longer messages are hashed as sent (normalizing costs ~25 ms/MB)
 
@@ -144,7 +143,7 @@ def _entry(ctx: Context, reply: Reply | None, *, model: str, billed: Usage | Non
         source=ctx.source,
         trace=trace_json(ctx),
         error=error or (reply.error if reply is not None else None),
-        upstream_ms=ctx.scratch.get(UPSTREAM_MS),
+        upstream_ms=ctx.upstream_ms,
         **extra,
     )
 

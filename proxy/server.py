@@ -110,7 +110,7 @@ def run_worker(config: Config, rules: str, reuse_port: bool) -> None:
     setup_logging()  # again: spawned workers start with fresh logging
     use_uvloop()
     app = create_app(config, rules)
-    app.on_startup.append(_freeze_startup_objects)  # after the services are up
+    app.on_startup.append(_freeze_startup_objects)  # after the resources are up
     web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=reuse_port,
                 access_log=None, print=None, backlog=2048, **SERVER_OPTIONS)
 

@@ -20,13 +20,12 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from proxy.app import create_app
-from proxy.app_keys import PIPELINE, SERVICES
 from proxy.auth import Tenant
 from proxy.config import Config, hash_key, parse_config
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.registry import PipelineHolder
+from proxy.resources import RESOURCES, Resources
 from proxy.server import SERVER_OPTIONS
-from proxy.services import Services
 from proxy.store.ledger import LedgerEntry
 from proxy.upstream.fake import FakeUpstream
 
@@ -144,16 +143,24 @@ class LiveProxy(BackgroundServers):
         self.base_url = await self._serve(self.app, **SERVER_OPTIONS)
 
     @property
-    def services(self) -> Services:
-        """The running proxy's services."""
+    def resources(self) -> Resources:
+        """The running proxy's resources."""
         assert self.app is not None
-        return self.app[SERVICES]
+        return self.app[RESOURCES]
 
     @property
     def pipeline(self) -> PipelineHolder:
         """The running proxy's pipeline holder."""
         assert self.app is not None
-        return self.app[PIPELINE]
+        return self.app[RESOURCES].pipeline
+
+    def wait_ready(self, timeout: float = 600) -> None:
+        """Wait until nothing kept is still loading (the embedder, fitted models), as
+        `/ready` does: the first request then does not pay for the model's load."""
+        async def settled() -> None:
+            while self.resources.kept.loading():
+                await asyncio.sleep(0.05)
+        self.run(settled(), timeout)
 
     def reload_rules(self, text: str) -> bool:
         """Rewrite the rule file and reload it now (as the watcher would)."""
@@ -184,7 +191,7 @@ class LiveProxy(BackgroundServers):
 
     def ledger_rows(self) -> list[dict[str, Any]]:
         """Every ledger row so far (flushed first)."""
-        return self.run(self.services.ledger.rows())
+        return self.run(self.resources.ledger.rows())
 
     def wait_ledger_rows(self, count: int, status: int | None = None,
                          timeout: float = 30.0) -> list[dict[str, Any]]:
@@ -228,8 +235,8 @@ def insert_entries(live: LiveProxy, entries: list[LedgerEntry]) -> None:
 
     async def go() -> None:
         for entry in entries:
-            live.services.ledger.record(entry)
-        await live.services.ledger.flush()
+            live.resources.ledger.record(entry)
+        await live.resources.ledger.flush()
 
     live.run(go())
 

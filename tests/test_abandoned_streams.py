@@ -63,7 +63,7 @@ def wait_until_draining(live: LiveProxy) -> int:
     how many such drains run."""
 
     async def drains() -> int:
-        return len(live.services.background)
+        return len(live.resources.background)
 
     deadline = time.monotonic() + 30
     while not live.run(drains()) and time.monotonic() < deadline:
@@ -90,7 +90,7 @@ def test_aborting_streams_is_billed_and_cannot_overspend_the_budget(
         with pytest.raises(openai.RateLimitError) as after:  # settled, still no room
             abort_after_first_chunk(live, max_tokens=MAX_TOKENS)
         spent = spent_usd(live)
-        prices = live.services.prices
+        prices = live.resources.prices
         billed = [upstream_usage(body) for body in live.fake.received]
     assert err.value.code == after.value.code == "insufficient_quota"
     assert aborted == len(billed) == len(rows) == BUDGET_CALLS

@@ -38,7 +38,7 @@ def ask(live: LiveProxy, question: str, key: str = "alice") -> str:
     """A chat completion, its answer stored in the exact cache before this returns."""
     completion = live.client(key).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": question}])
-    live.run(exact_entries(live.services).drain())
+    live.run(exact_entries(live.resources).drain())
     return str(completion.choices[0].message.content)
 
 

@@ -118,6 +118,7 @@ def test_random_json_in_any_chat_field_never_gets_a_5xx(tmp_path: Path) -> None:
     with LiveProxy(tmp_path, rules=DEFAULT_RULES) as live:
         # Warm up first: loading the embedding model imports modules that touch the global
         # `random`, which Hypothesis reports as a strategy's doing when it happens mid-draw.
+        live.wait_ready()
         assert post(live, {"model": "gpt-4o", "messages": USER})[0] == 200
 
         @settings(max_examples=300, deadline=None, derandomize=True, database=None,

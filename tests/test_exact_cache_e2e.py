@@ -58,7 +58,7 @@ def ask(live: LiveProxy, key: str = "alice", stream: bool = False,
 
 def settle(live: LiveProxy) -> None:
     """Let the write-behind queue finish (eviction, purge and restart checks)."""
-    live.run(exact_entries(live.services).drain())
+    live.run(exact_entries(live.resources).drain())
 
 
 def test_identical_request_twice_calls_upstream_once(live: LiveProxy) -> None:

@@ -102,7 +102,7 @@ def test_issued_key_is_loaded_at_start_up(tmp_path: Path) -> None:
     with LiveProxy(tmp_path, rules=LIMITS_RULES) as live:
         secret = issue(live, rpm=7)["key"]
     with LiveProxy(tmp_path, rules=LIMITS_RULES) as live:
-        assert live.services.keys.resolve({"Authorization": f"Bearer {secret}"}).policy.rpm == 7
+        assert live.resources.keys.resolve({"Authorization": f"Bearer {secret}"}).policy.rpm == 7
 
 
 def test_key_issued_on_one_replica_works_and_is_revoked_on_another(

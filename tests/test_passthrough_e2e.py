@@ -72,7 +72,7 @@ def raw_call(live: LiveProxy, method: str, path: str, headers: dict[str, str] | 
 
 def settle(live: LiveProxy) -> None:
     """Let the cache's write-behind queue finish."""
-    live.run(exact_entries(live.services).drain())
+    live.run(exact_entries(live.resources).drain())
 
 
 def test_second_identical_embeddings_call_is_free(live: LiveProxy) -> None:

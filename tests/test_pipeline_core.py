@@ -60,7 +60,7 @@ def test_body_is_forwarded_raw_until_changed() -> None:
 def test_reload_keeps_last_good_pipeline(tmp_path: Path) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_text("pipeline = []\n")
-    holder = PipelineHolder(str(rules), services=None, terminal=terminal)  # type: ignore[arg-type]
+    holder = PipelineHolder(str(rules), resources=None, terminal=terminal)  # type: ignore[arg-type]
     good = holder.current
     rules.write_text('pipeline = ["no_such_stage"]\n')
     assert holder.reload_if_changed() is False

@@ -15,8 +15,9 @@ import pytest
 from proxy.config import ConfigError, Section
 from proxy.embed import Embedder
 from proxy.pipeline.pair_model import PairModel
-from proxy.pipeline.semantic_cache import parse_rules
+from proxy.pipeline.semantic_cache import PAIR_MODEL, parse_rules
 from proxy.pipeline.semantic_index import VectorIndex
+from proxy.pipeline.standalone import ANALYZER, EMBEDDER
 from proxy.testing import LiveProxy, admin_call
 from proxy.upstream.fake import FakeUpstream
 
@@ -203,22 +204,23 @@ def test_readiness_waits_for_the_embedding_model_and_the_fitted_models(
             async with session.get(semantic.base_url.removesuffix("/v1") + "/ready") as resp:
                 return resp.status
 
-    state = semantic.services.state
-    loaded, pairs = state["embedder"], state["pair_model"]
+    kept = semantic.resources.kept
+    loaded, pairs, analyzer = kept.get(EMBEDDER), kept.get(PAIR_MODEL), kept.get(ANALYZER)
+    assert loaded is not None and pairs is not None and analyzer is not None
     semantic.run(loaded.wait_ready())
-    semantic.run(state["analyzer"].classifier.fitted.get())
+    semantic.run(analyzer.classifier.fitted.get())
     semantic.run(pairs.fitted.get())
     assert asyncio.run(ready_status()) == 200
-    state["embedder"] = Embedder()  # a model that has not loaded yet
+    kept.replace(EMBEDDER, Embedder())  # a model that has not loaded yet
     try:
         assert asyncio.run(ready_status()) == 503
     finally:
-        state["embedder"] = loaded
-    state["pair_model"] = PairModel(loaded, pairs.pairs[:50], 0.99, 0.5)  # not fitted yet
+        kept.replace(EMBEDDER, loaded)
+    kept.replace(PAIR_MODEL, PairModel(loaded, pairs.pairs[:50], 0.99, 0.5))  # not fitted yet
     try:
         assert asyncio.run(ready_status()) == 503
     finally:
-        state["pair_model"] = pairs
+        kept.replace(PAIR_MODEL, pairs)
 
 
 JUDGE_RULES = RULES + 'judge_model = "gpt-4o-mini"\njudge_below = 1.0\n'  # judge every candidate

@@ -38,9 +38,9 @@ class ThreadProbe:
         self.answer = answer
 
     async def __call__(self, ctx: Context, call_next: Next) -> Reply:
-        SEEN.append({"source": ctx.source, "thread": dict(ctx.scratch.get("thread") or {}),
-                     "summary": ctx.scratch.get("thread_summary")})
-        ctx.scratch["trim_summary"] = f"summary of {len(ctx.messages)} messages"
+        SEEN.append({"source": ctx.source, "thread": dict(ctx.thread or {}),
+                     "summary": ctx.prior_summary})
+        ctx.new_summary = {"key": "k", "text": f"summary of {len(ctx.messages)} messages"}
         if self.answer is None:
             return await call_next(ctx)
         completion = make_completion(ctx.requested_model, self.answer)
@@ -52,7 +52,7 @@ class ThreadProbe:
         return reply
 
 
-def build(rules: dict[str, Any], services: Any) -> ThreadProbe:
+def build(rules: dict[str, Any], resources: Any) -> ThreadProbe:
     """The probe stage."""
     return ThreadProbe(rules["answer"])
 
@@ -79,7 +79,7 @@ def test_stages_see_thread_metadata_and_the_summary_is_kept(tmp_path: Path) -> N
                                  "user_turn": 1, "sent_messages": 1}
     assert SEEN[1]["thread"]["user_turn"] == 2
     assert SEEN[0]["summary"] is None
-    assert SEEN[1]["summary"] == "summary of 2 messages"  # stored by the first run
+    assert SEEN[1]["summary"] == {"key": "k", "text": "summary of 2 messages"}  # from run 1
     assert "_trim_summary" not in public_thread.model_dump()
 
 

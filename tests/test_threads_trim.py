@@ -38,7 +38,7 @@ def test_long_thread_is_summarized_and_the_summary_outlives_the_cache(live: Live
     assert sent[0]["content"] == "Be a coach."
     assert sent[1]["content"].startswith(SUMMARY_INTRO)
     assert len(sent) < 2 + 7 and summary_calls(live) == 1
-    live.run(live.services.kv.purge("summary:alice"))  # the cache forgets; the thread does not
+    live.run(live.resources.kv.purge("summary:alice"))  # the cache forgets; the thread does not
     client.beta.threads.messages.create(thread.id, role="user", content="turn 10: and now?")
     run = client.beta.threads.runs.create_and_poll(thread_id=thread.id,
                                                    assistant_id=assistant.id)

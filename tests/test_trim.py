@@ -307,7 +307,7 @@ def test_tools_and_trim_together_report_one_baseline(tmp_path: Path) -> None:
         live.client().chat.completions.create(**original)
         sent = chat_requests(live)[-1]
         row = [r for r in live.ledger_rows() if r["source"] == "chat"][-1]
-        baseline = live.services.prices.cost("gpt-4o", tokens.count_request(original),
+        baseline = live.resources.prices.cost("gpt-4o", tokens.count_request(original),
                                              row["completion_tokens"])
     assert "tools" not in sent and turn_numbers(sent["messages"]) == [4, 5, 6]
     assert [d["stage"] for d in json.loads(row["trace"])] == ["tools", "trim"]

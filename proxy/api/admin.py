@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.app_keys import PIPELINE, SERVICES
+from proxy.resources import RESOURCES
 
 
 async def health(request: web.Request) -> web.Response:
@@ -14,9 +14,8 @@ async def health(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     """Readiness: the pipeline is built (models loaded) and the rules are valid."""
-    holder = request.app[PIPELINE]
-    loading = sorted(name for name, resource in request.app[SERVICES].state.items()
-                     if getattr(resource, "ready", True) is False)
+    holder = request.app[RESOURCES].pipeline
+    loading = request.app[RESOURCES].kept.loading()
     if loading:  # e.g. the embedding model is still loading in its worker thread
         return web.json_response({"status": "loading", "waiting_for": loading}, status=503)
     return web.json_response({"status": "ready", "pipeline": holder.current.names,

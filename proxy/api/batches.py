@@ -17,18 +17,17 @@ from aiohttp import web
 
 from proxy.api.body import read_body
 from proxy.api.passthrough import forward
-from proxy.app_keys import PIPELINE, SERVICES, tenant_of
+from proxy.api.request_keys import tenant_of
 from proxy.batches.intake import CHAT_ENDPOINT, SOURCE, BatchIntake
 from proxy.batches.lookup import free_chain
 from proxy.batches.view import file_object
 from proxy.pipeline.core import Context, Reply
-from proxy.pipeline.passthrough_usage import BILL, Bill
-
-STATE_KEY = "batches"
+from proxy.pipeline.passthrough_usage import Bill
+from proxy.resources import RESOURCES
 
 
 def _intake(request: web.Request) -> BatchIntake:
-    return request.app[SERVICES].state[STATE_KEY]
+    return request.app[RESOURCES].batches
 
 
 def _reply(body: bytes, content_type: str) -> Reply:
@@ -39,7 +38,7 @@ def _reply(body: bytes, content_type: str) -> Reply:
 def _json_reply(ctx: Context, document: dict[str, Any], bill: Bill | None = None) -> Reply:
     reply = _reply(orjson.dumps(document), "application/json")
     if bill is not None:
-        ctx.scratch[BILL] = bill
+        ctx.passthrough_bill = bill
         reply.usage, reply.model = bill.usage, bill.model
     return reply
 
@@ -58,7 +57,7 @@ async def create_batch(request: web.Request) -> web.StreamResponse:
     raw = await read_body(request)
     if _endpoint(raw) != CHAT_ENDPOINT:
         return await forward(request, raw)
-    intake, chain = _intake(request), free_chain(request.app[PIPELINE].current)
+    intake, chain = _intake(request), free_chain(request.app[RESOURCES].pipeline.current)
 
     async def send(ctx: Context) -> Reply:
         return _json_reply(ctx, await intake.create(ctx, chain))
@@ -119,11 +118,6 @@ async def file_content(request: web.Request) -> web.StreamResponse:
     return await _file(request, content=True)
 
 
-async def _open_intake(app: web.Application) -> None:
-    services = app[SERVICES]
-    services.state[STATE_KEY] = BatchIntake(services)
-
-
 def add_routes(app: web.Application) -> None:
     """Register the batch routes (before the pass-through catch-all)."""
     app.router.add_post("/v1/batches", create_batch)
@@ -131,4 +125,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)
     app.router.add_get("/v1/files/{file_id}", retrieve_file)
     app.router.add_get("/v1/files/{file_id}/content", file_content)
-    app.on_startup.append(_open_intake)

@@ -14,8 +14,8 @@ import zlib
 
 from aiohttp import web
 
-from proxy.app_keys import SERVICES
 from proxy.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedEncoding
+from proxy.resources import RESOURCES
 
 IDENTITY = ("", "identity")
 ZLIB_FORMATS = {"gzip": 31, "x-gzip": 31, "deflate": 15}  # wbits of each encoding
@@ -24,7 +24,7 @@ INLINE_DECODE_BYTES = 256 * 1024  # larger bodies are decompressed in a worker t
 
 async def read_body(request: web.Request) -> bytes:
     """The request body, decoded; OpenAI-shaped errors for every way it can go wrong."""
-    server = request.app[SERVICES].config.server
+    server = request.app[RESOURCES].config.server
     try:
         async with asyncio.timeout(server.body_timeout_seconds):
             raw = await request.read()

@@ -1,31 +1,30 @@
 """Cache administration: `DELETE /v1/proxy/cache/{namespace}` (admin key only).
 
-Purges one tenant namespace from every cache: each object in `services.state`
-with an `async purge_namespace(namespace) -> int` (the exact cache's entries,
-and any other cache that registers one) is asked to drop it.
+Purges one tenant namespace from every cache: each kept object that is `Purgeable`
+(has an `async purge_namespace(namespace) -> int`: the exact cache's entries, and any
+other cache that keeps one) is asked to drop it.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.app_keys import SERVICES, tenant_of
+from proxy.api.request_keys import tenant_of
 from proxy.errors import PermissionDenied
 from proxy.pipeline.exact_cache import exact_entries
+from proxy.resources import RESOURCES
 
 
 async def purge_namespace(request: web.Request) -> web.Response:
     """Drop every cached answer of one namespace; answers how many went per cache."""
     if not tenant_of(request).is_admin:
         raise PermissionDenied("Purging a cache needs the admin key.")
-    services = request.app[SERVICES]
+    resources = request.app[RESOURCES]
     namespace = request.match_info["namespace"]
-    exact_entries(services)  # entries stored before a restart are purged even if unused since
+    exact_entries(resources)  # entries stored before a restart are purged even if unused since
     purged = {}
-    for name, holder in list(services.state.items()):
-        purge = getattr(holder, "purge_namespace", None)
-        if purge is not None:
-            purged[name] = await purge(namespace)
+    for name, cache in resources.kept.purgeable():
+        purged[name] = await cache.purge_namespace(namespace)
     return web.json_response({"object": "cache.purge", "namespace": namespace,
                               "purged": purged})
 

@@ -7,12 +7,13 @@ import logging
 from aiohttp import web
 
 from proxy.api.body import read_body
+from proxy.api.request_keys import request_id, tenant_of
 from proxy.api.validate import parse_json_object, validate_chat_request
-from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
 from proxy.batches.defer import refuse_deferral
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.dispatch import dispatch
 from proxy.pipeline.drain import stream_reply
+from proxy.resources import RESOURCES
 
 log = logging.getLogger("proxy.chat")
 
@@ -48,7 +49,7 @@ def build_context(request: web.Request, raw: bytes) -> Context:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """Answer a chat completion through the pipeline."""
     ctx = build_context(request, await read_body(request))
-    reply = await dispatch(request.app[PIPELINE].current, ctx, request.app[SERVICES])
+    reply = await dispatch(request.app[RESOURCES].pipeline.current, ctx, request.app[RESOURCES])
     if not reply.is_stream:
         return web.Response(status=reply.status, body=reply.body,
                             headers=reply_headers(ctx, reply),
@@ -58,7 +59,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(request: web.Request, ctx: Context, reply: Reply) -> web.StreamResponse:
-    services = request.app[SERVICES]
+    resources = request.app[RESOURCES]
     headers = reply_headers(ctx, reply)
     headers.update({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     resp = web.StreamResponse(status=reply.status, headers=headers)
@@ -71,5 +72,5 @@ async def _stream(request: web.Request, ctx: Context, reply: Reply) -> web.Strea
             await resp.write(chunk)
         await resp.write_eof()
 
-    await stream_reply(services, ctx, reply, send)
+    await stream_reply(resources, ctx, reply, send)
     return resp

@@ -13,7 +13,7 @@ from aiohttp import web
 from proxy import tokens
 from proxy.api.body import read_body
 from proxy.api.chat import build_context
-from proxy.app_keys import PIPELINE
+from proxy.resources import RESOURCES
 
 
 async def explain(request: web.Request) -> web.Response:
@@ -23,7 +23,8 @@ async def explain(request: web.Request) -> web.Response:
     as_sent = dict(ctx.body)  # stages replace top-level fields, never edit them in place
     tools_before = len(ctx.body.get("tools") or ctx.body.get("functions") or [])
     messages_before = len(ctx.messages)
-    reply = await request.app[PIPELINE].current(ctx)  # an rpm refusal comes before counting
+    # an rpm refusal comes before counting
+    reply = await request.app[RESOURCES].pipeline.current(ctx)
     before = await tokens.count_request_async(as_sent)
     after = await tokens.count_request_async(ctx.body) if reply.stage == "upstream" else 0
     report = {

@@ -20,25 +20,24 @@ from typing import Any
 from aiohttp import web
 
 from proxy.api.body import read_body
+from proxy.api.request_keys import tenant_of
 from proxy.api.validate import parse_json_object
-from proxy.app_keys import SERVICES, tenant_of
 from proxy.auth import ADMIN_NAME
 from proxy.config import ConfigError, KeyConfig, Section, hash_key, parse_key
 from proxy.errors import InvalidRequest, NotFound, PermissionDenied
 from proxy.periods import current_period
-from proxy.services import Services
+from proxy.resources import RESOURCES, Resources
 from proxy.store.limits import to_usd
-from proxy.tenancy import key_store_of, limits_of
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 POLICY_FIELDS = ("namespace", "budget_usd", "budget_period", "soft_budget_usd", "rpm", "tpm",
                  "max_concurrent", "allowed_models", "log_bodies")
 
 
-def _admin_services(request: web.Request) -> Services:
+def _admin_services(request: web.Request) -> Resources:
     if not tenant_of(request).is_admin:
         raise PermissionDenied("Managing proxy keys needs the admin key.")
-    return request.app[SERVICES]
+    return request.app[RESOURCES]
 
 
 def _validated(name: str, fields: dict[str, Any], sha256: str) -> KeyConfig:
@@ -52,28 +51,28 @@ def _validated(name: str, fields: dict[str, Any], sha256: str) -> KeyConfig:
         raise InvalidRequest(exc.problem) from None
 
 
-async def _describe(services: Services, key: KeyConfig, source: str) -> dict[str, Any]:
-    period = current_period(key.budget_period, services.config.server.timezone, time.time())
-    spent = await limits_of(services).spent(key.name, period.name)
+async def _describe(resources: Resources, key: KeyConfig, source: str) -> dict[str, Any]:
+    period = current_period(key.budget_period, resources.config.server.timezone, time.time())
+    spent = await resources.limits.spent(key.name, period.name)
     policy = {f: getattr(key, f) for f in POLICY_FIELDS}
     return {"object": "proxy.key", "id": key.name, "name": key.name, "source": source,
             **policy, "period": period.name, "spent_usd": to_usd(spent)}
 
 
-def _config_key(services: Services, name: str) -> KeyConfig | None:
-    return next((k for k in services.config.keys if k.name == name), None)
+def _config_key(resources: Resources, name: str) -> KeyConfig | None:
+    return next((k for k in resources.config.keys if k.name == name), None)
 
 
 async def create_key(request: web.Request) -> web.Response:
     """`POST /v1/proxy/keys` {"name", policy fields...}: the new key, with its secret once."""
-    services = _admin_services(request)
+    resources = _admin_services(request)
     fields = parse_json_object(await read_body(request))
     name = fields.pop("name", None)
     if not isinstance(name, str) or not NAME.match(name):
         raise InvalidRequest("'name' must be 1-64 letters, digits, '_', '.' or '-'.",
                              param="name")
-    store = key_store_of(services)
-    if _config_key(services, name):
+    store = resources.key_store
+    if _config_key(resources, name):
         raise InvalidRequest(f"A key named '{name}' already exists.", param="name",
                              code="key_exists")
     if name == ADMIN_NAME:
@@ -89,59 +88,59 @@ async def create_key(request: web.Request) -> web.Response:
                              "removed from config.toml) and is never issued again: its "
                              "threads, stats and spend stay its own. Choose another name.",
                              param="name", code="name_taken")
-    services.keys.add_issued(key)
-    body = await _describe(services, key, "api")
+    resources.keys.add_issued(key)
+    body = await _describe(resources, key, "api")
     return web.json_response({**body, "key": secret}, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
     """`GET /v1/proxy/keys`: every key (config.toml and issued), without secrets."""
-    services = _admin_services(request)
-    data = [await _describe(services, k, "config") for k in services.config.keys]
-    data += [await _describe(services, k, "api") for k in await key_store_of(services).all()]
+    resources = _admin_services(request)
+    data = [await _describe(resources, k, "config") for k in resources.config.keys]
+    data += [await _describe(resources, k, "api") for k in await resources.key_store.all()]
     return web.json_response({"object": "list", "data": data})
 
 
-async def _issued(services: Services, name: str) -> KeyConfig:
-    key = await key_store_of(services).by_name(name)
+async def _issued(resources: Resources, name: str) -> KeyConfig:
+    key = await resources.key_store.by_name(name)
     if key is not None:
         return key
-    if _config_key(services, name):
-        raise InvalidRequest(f"Key '{name}' is defined in {services.config.path}; change it "
+    if _config_key(resources, name):
+        raise InvalidRequest(f"Key '{name}' is defined in {resources.config.path}; change it "
                              "there.", code="key_in_config")
     raise NotFound(f"No proxy key named '{name}'.")
 
 
 async def get_key(request: web.Request) -> web.Response:
     """`GET /v1/proxy/keys/{name}`."""
-    services = _admin_services(request)
+    resources = _admin_services(request)
     name = request.match_info["name"]
-    config_key = _config_key(services, name)
+    config_key = _config_key(resources, name)
     if config_key is not None:
-        return web.json_response(await _describe(services, config_key, "config"))
-    return web.json_response(await _describe(services, await _issued(services, name), "api"))
+        return web.json_response(await _describe(resources, config_key, "config"))
+    return web.json_response(await _describe(resources, await _issued(resources, name), "api"))
 
 
 async def update_key(request: web.Request) -> web.Response:
     """`PATCH /v1/proxy/keys/{name}` {policy fields...}: change an issued key's policy."""
-    services = _admin_services(request)
-    key = await _issued(services, request.match_info["name"])
+    resources = _admin_services(request)
+    key = await _issued(resources, request.match_info["name"])
     changes = parse_json_object(await read_body(request))
     current = {f: getattr(key, f) for f in POLICY_FIELDS}
     current["allowed_models"] = list(key.allowed_models) if key.allowed_models else None
     merged = {k: v for k, v in {**current, **changes}.items() if v is not None}
     updated = _validated(key.name, merged, key.sha256)
-    await key_store_of(services).put(updated)
-    services.keys.add_issued(updated)
-    return web.json_response(await _describe(services, updated, "api"))
+    await resources.key_store.put(updated)
+    resources.keys.add_issued(updated)
+    return web.json_response(await _describe(resources, updated, "api"))
 
 
 async def delete_key(request: web.Request) -> web.Response:
     """`DELETE /v1/proxy/keys/{name}`: revoke an issued key at once."""
-    services = _admin_services(request)
-    key = await _issued(services, request.match_info["name"])
-    await key_store_of(services).delete(key.name)
-    services.keys.remove(key.sha256)
+    resources = _admin_services(request)
+    key = await _issued(resources, request.match_info["name"])
+    await resources.key_store.delete(key.name)
+    resources.keys.remove(key.sha256)
     return web.json_response({"object": "proxy.key", "id": key.name, "deleted": True})
 
 

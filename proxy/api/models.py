@@ -5,14 +5,15 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from proxy.app_keys import SERVICES, tenant_of
+from proxy.api.request_keys import tenant_of
 from proxy.errors import NotFound
+from proxy.resources import RESOURCES
 from proxy.upstream.client import fetch_models
 
 
 async def _visible_models(request: web.Request) -> list[dict[str, object]]:
     tenant = tenant_of(request)
-    models = await fetch_models(request.app[SERVICES].upstream)
+    models = await fetch_models(request.app[RESOURCES].upstream)
     return [m for m in models if tenant.may_use(str(m["id"]))]
 
 

@@ -13,10 +13,10 @@ decide. `/dashboard` is public: the page holds no data until it is given a key.
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,16 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from proxy.app_keys import SERVICES, tenant_of
+from proxy.api.request_keys import tenant_of
 from proxy.errors import InvalidRequest, PermissionDenied
-from proxy.observe.metrics import BUDGET_HOOK, Metrics
+from proxy.observe.metrics import Metrics
 from proxy.observe.recommend import recommendations
 from proxy.observe.requestlog import log_requests
 from proxy.observe.routing import routing_metrics
 from proxy.observe.stats import GROUPS, create_stats_index, stats
 from proxy.observe.window import Window, WindowError
+from proxy.pipeline.budget_left import BUDGET_LEFT
+from proxy.resources import RESOURCES
 
 log = logging.getLogger("proxy.observe")
 
@@ -63,7 +65,7 @@ def window_of(request: web.Request) -> Window:
 
 
 async def _reader(request: web.Request) -> aiosqlite.Connection:
-    await request.app[SERVICES].ledger.flush()
+    await request.app[RESOURCES].ledger.flush()
     return request.app[READER]
 
 
@@ -74,7 +76,7 @@ async def get_stats(request: web.Request) -> web.Response:
         raise InvalidRequest(f"Invalid value for 'group_by': {group_by!r}. Supported values "
                              f"are: {sorted(GROUPS)}.", param="group_by", code="invalid_value")
     window = window_of(request)
-    return _json(await stats(await _reader(request), window, request.app[SERVICES].prices,
+    return _json(await stats(await _reader(request), window, request.app[RESOURCES].prices,
                              group_by))
 
 
@@ -82,39 +84,39 @@ async def get_routing_metrics(request: web.Request) -> web.Response:
     """`GET /v1/proxy/routing/metrics`: route decisions by rule and confidence, with cost."""
     window = window_of(request)
     return _json(await routing_metrics(await _reader(request), window,
-                                       request.app[SERVICES].prices))
+                                       request.app[RESOURCES].prices))
 
 
 async def get_recommendations(request: web.Request) -> web.Response:
     """`GET /v1/proxy/recommendations`: savings opportunities with monthly estimates."""
     window = window_of(request)
     return _json(await recommendations(await _reader(request), window,
-                                       request.app[SERVICES].prices))
+                                       request.app[RESOURCES].prices))
 
 
 async def get_budgets(request: web.Request) -> web.Response:
     """`GET /v1/proxy/budgets`: each visible key's budget and what is left of it."""
-    services = request.app[SERVICES]
+    resources = request.app[RESOURCES]
     tenant = tenant_of(request)
-    hook = services.state.get(BUDGET_HOOK)
+    hook = resources.kept.get(BUDGET_LEFT)
     remaining = dict(await hook.refresh()) if hook is not None else {}
     budgets = [{"key": key.name, "budget_usd": key.budget_usd, "period": key.budget_period,
                 "soft_budget_usd": key.soft_budget_usd, "remaining_usd": remaining.get(key.name)}
-               for key in (t.policy for t in services.keys.tenants())
+               for key in (t.policy for t in resources.keys.tenants())
                if key is not None and (tenant.is_admin or key.name == tenant.name)]
     return _json({"budgets": sorted(budgets, key=lambda b: b["key"])})
 
 
 async def get_metrics(request: web.Request) -> web.Response:
     """`GET /metrics`: Prometheus text exposition (admin key, unless metrics_public)."""
-    services = request.app[SERVICES]
-    if not services.config.metrics_public:
-        tenant = await services.keys.authenticate(request.headers)
+    resources = request.app[RESOURCES]
+    if not resources.config.metrics_public:
+        tenant = await resources.keys.authenticate(request.headers)
         if not tenant.is_admin:
             raise PermissionDenied("Reading /metrics needs the admin key (or set "
                                    "metrics_public = true in config.toml's [admin] table).")
-    await services.ledger.flush()
-    hook = services.state.get(BUDGET_HOOK)
+    await resources.ledger.flush()
+    hook = resources.kept.get(BUDGET_LEFT)
     if hook is not None:
         await hook.refresh()  # the collector reports the last refresh
     return web.Response(body=request.app[METRICS].render(),
@@ -123,7 +125,7 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 async def get_dashboard(request: web.Request) -> web.Response:
     """`GET /dashboard`: the self-contained cost dashboard page."""
-    page = resources.files("proxy.api").joinpath("static/dashboard.html").read_bytes()
+    page = importlib.resources.files("proxy.api").joinpath("static/dashboard.html").read_bytes()
     return web.Response(body=page, content_type="text/html", charset="utf-8",
                         headers={"Content-Security-Policy": DASHBOARD_CSP,
                                  "Cache-Control": "no-cache"})
@@ -140,16 +142,16 @@ async def _reader_connection(db_path: str, fallback: aiosqlite.Connection
 
 
 async def _observability_ctx(app: web.Application) -> AsyncIterator[None]:
-    services = app[SERVICES]
-    metrics = Metrics(services.state, services.prices)
+    resources = app[RESOURCES]
+    metrics = Metrics(lambda: resources.kept.get(BUDGET_LEFT), resources.prices)
     app[METRICS] = metrics
-    services.ledger.observers.extend([metrics.observe, log_requests])
+    resources.ledger.observers.extend([metrics.observe, log_requests])
     try:
-        await create_stats_index(services.db)
+        await create_stats_index(resources.db)
     except sqlite3.OperationalError:  # e.g. another worker still building it: stats work without
         log.warning("could not create the stats index now; stats queries will be slower",
                     exc_info=True)
-    reader, owned = await _reader_connection(services.config.storage.sqlite_path, services.db)
+    reader, owned = await _reader_connection(resources.config.storage.sqlite_path, resources.db)
     app[READER] = reader
     try:
         yield
@@ -160,7 +162,7 @@ async def _observability_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def add_routes(app: web.Application) -> None:
-    """Register the observability routes and their resources (after the services)."""
+    """Register the observability routes and their resources (after the resources)."""
     app.cleanup_ctx.append(_observability_ctx)
     app.router.add_get("/v1/proxy/stats", get_stats)
     app.router.add_get("/v1/proxy/routing/metrics", get_routing_metrics)

@@ -25,16 +25,15 @@ import orjson
 from aiohttp import web
 
 from proxy.accounting import passthrough_entry
+from proxy.api.request_keys import request_id, tenant_of
 from proxy.api.streaming import send_stream
-from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
 from proxy.errors import NotFound, ProxyError
 from proxy.pipeline.core import Context, Next, Reply
 from proxy.pipeline.passthrough import passthrough_chain
-from proxy.pipeline.passthrough_usage import BILL, tap_usage
-from proxy.services import Services
-from proxy.tenancy import limits_of
+from proxy.pipeline.passthrough_usage import tap_usage
+from proxy.resources import RESOURCES, Resources
 from proxy.upstream import forward as upstream_forward
-from proxy.upstream.terminal import UPSTREAM_MS, timed
+from proxy.upstream.terminal import timed
 
 SOURCE = "passthrough"
 OWN_PREFIXES = ("/v1/proxy", "/v1/assistants", "/v1/threads")
@@ -77,7 +76,7 @@ async def forward(request: web.Request, body: bytes | None = None,
     request itself, still limited, budgeted and recorded as a pass-through)."""
     if _own_path(request.path):
         raise await _not_served(request)
-    services = request.app[SERVICES]
+    resources = request.app[RESOURCES]
     is_json = request.content_type == "application/json"
     if body is None and is_json and request.body_exists:
         body = await request.read()
@@ -92,29 +91,29 @@ async def forward(request: web.Request, body: bytes | None = None,
     try:
         if document is not None and isinstance(document.get("model"), str):
             ctx.tenant.require_model(document["model"])
-        chain = passthrough_chain(request.app[PIPELINE].current,
+        chain = passthrough_chain(request.app[RESOURCES].pipeline.current,
                                   terminal or _terminal(request, upload), embeddings=embeddings)
         reply = await chain(ctx)
     except ProxyError as exc:
-        _record(services, ctx, None, status=exc.status, error=exc.message)
+        _record(resources, ctx, None, status=exc.status, error=exc.message)
         raise
     headers = {**reply.headers, "x-request-id": ctx.request_id,
                "x-proxy-request-id": ctx.request_id, "x-proxy-stage": reply.stage}
     if reply.chunks is None:  # answered by the proxy (a cache hit, a batch it took in)
-        _record(services, ctx, reply, status=reply.status)
+        _record(resources, ctx, reply, status=reply.status)
         return web.Response(status=reply.status, body=reply.body, headers=headers)
     return await send_stream(request, web.StreamResponse(status=reply.status, headers=headers),
                              reply.chunks,
-                             lambda status: _record(services, ctx, reply, status=status),
+                             lambda status: _record(resources, ctx, reply, status=status),
                              broken=lambda: reply.error is not None)
 
 
 def _terminal(request: web.Request, upload: upstream_forward.Body) -> Next:
     """The end of the chain: forward the request to the upstream that serves its model."""
-    services = request.app[SERVICES]
+    resources = request.app[RESOURCES]
 
     async def send(ctx: Context) -> Reply:
-        client = services.upstream
+        client = resources.upstream
         upstream = client.upstream_for(ctx.model) if ctx.model else client.config.upstreams[0]
         ctx.decide("upstream", "forward", f"to {upstream.name}", upstream=upstream.name)
         started = time.perf_counter()
@@ -123,9 +122,9 @@ def _terminal(request: web.Request, upload: upstream_forward.Body) -> Next:
                 client, upstream, request.method, request.rel_url.raw_path,
                 request.rel_url.raw_query_string, request.headers, upload)
         finally:
-            ctx.scratch[UPSTREAM_MS] = (time.perf_counter() - started) * 1000.0
+            ctx.upstream_ms = (time.perf_counter() - started) * 1000.0
         reply.model = ctx.model
-        tap_usage(ctx, reply, services.prices, limits_of(services))
+        tap_usage(ctx, reply, resources.prices, resources.limits)
         assert reply.chunks is not None
         reply.chunks = timed(reply.chunks, ctx, started)
         return reply
@@ -133,7 +132,7 @@ def _terminal(request: web.Request, upload: upstream_forward.Body) -> Next:
     return send
 
 
-def _record(services: Services, ctx: Context, reply: Reply | None, *, status: int,
+def _record(resources: Resources, ctx: Context, reply: Reply | None, *, status: int,
             error: str | None = None) -> None:
-    services.ledger.record(passthrough_entry(ctx, reply, services.prices,
-                                             ctx.scratch.get(BILL), status=status, error=error))
+    resources.ledger.record(passthrough_entry(ctx, reply, resources.prices,
+                                             ctx.passthrough_bill, status=status, error=error))

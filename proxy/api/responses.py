@@ -18,14 +18,14 @@ from aiohttp import web
 from proxy.api.body import read_body
 from proxy.api.chat import reply_headers
 from proxy.api.passthrough import forward
+from proxy.api.request_keys import request_id, tenant_of
 from proxy.api.validate import parse_json_object
-from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
 from proxy.batches.defer import refuse_deferral
 from proxy.errors import InvalidRequest, NotFound
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.dispatch import dispatch
 from proxy.pipeline.drain import stream_reply
-from proxy.pipeline.trim import NEW_SUMMARY, THREAD_SUMMARY
+from proxy.resources import RESOURCES
 from proxy.responses.store import Chain, ResponseStore, StoredResponse
 from proxy.responses.stream import Event, ResponseEvents, frame
 from proxy.responses.translate import ResponseShell, Turn, translate_request
@@ -36,12 +36,11 @@ from proxy.threads.params import list_query
 from proxy.upstream.sse import split_events
 
 log = logging.getLogger("proxy.responses")
-STATE_KEY = "responses"
 SOURCE = "responses"
 
 
 def _store(request: web.Request) -> ResponseStore:
-    return request.app[SERVICES].state[STATE_KEY]
+    return request.app[RESOURCES].responses
 
 
 def _json(obj: Any, request: web.Request, headers: dict[str, str] | None = None
@@ -78,9 +77,9 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     turn = translate_request(body, chain.items)
     ctx = Context(request_id=request_id(request), tenant=tenant, body=turn.chat,
                   headers=request.headers, source=SOURCE)
-    ctx.scratch[THREAD_SUMMARY] = chain.summary
+    ctx.prior_summary = chain.summary
     shell = ResponseShell(model=ctx.requested_model, echo=turn.echo)
-    reply = await dispatch(request.app[PIPELINE].current, ctx, request.app[SERVICES])
+    reply = await dispatch(request.app[RESOURCES].pipeline.current, ctx, request.app[RESOURCES])
     shell.model = reply.model or shell.model
     saver = _Saver(store, tenant.name, turn, ctx, chain)
     if not reply.ok or not reply.is_stream:
@@ -99,7 +98,7 @@ class _Saver:
         """Store it; a failing store is logged, the answer (already paid for) still goes out."""
         if not self.turn.store:
             return
-        summary = self.ctx.scratch.get(NEW_SUMMARY) or self.chain.summary
+        summary = self.ctx.new_summary or self.chain.summary
         try:
             await self.store.save(self.owner, StoredResponse(response, self.turn.input_items,
                                                              summary))
@@ -152,7 +151,7 @@ async def _stream(request: web.Request, ctx: Context, reply: Reply, shell: Respo
         await _write(resp, [final])
         await resp.write_eof()
 
-    await stream_reply(request.app[SERVICES], ctx, reply, send)
+    await stream_reply(request.app[RESOURCES], ctx, reply, send)
     return resp
 
 
@@ -204,16 +203,9 @@ async def list_input_items(request: web.Request) -> web.Response:
     return _json(item_page(stored.input_items, query), request)
 
 
-async def _open_store(app: web.Application) -> None:
-    services = app[SERVICES]
-    services.state[STATE_KEY] = ResponseStore(
-        services.kv, services.config.storage.responses_ttl_days * 86400.0)
-
-
 def add_routes(app: web.Application) -> None:
-    """Register the Responses API routes and open the response store at startup."""
+    """Register the Responses API routes."""
     app.router.add_post("/v1/responses", create_response)
     app.router.add_get("/v1/responses/{response_id}", retrieve_response)
     app.router.add_delete("/v1/responses/{response_id}", delete_response)
     app.router.add_get("/v1/responses/{response_id}/input_items", list_input_items)
-    app.on_startup.append(_open_store)

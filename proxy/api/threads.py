@@ -14,13 +14,14 @@ import orjson
 from aiohttp import web
 
 from proxy.api.body import read_body
+from proxy.api.request_keys import request_id, tenant_of
 from proxy.api.validate import parse_json_object
-from proxy.app_keys import PIPELINE, SERVICES, request_id, tenant_of
+from proxy.resources import RESOURCES
 from proxy.threads import params
 from proxy.threads.events import RunEvents
 from proxy.threads.objects import public
 from proxy.threads.records import not_found
-from proxy.threads.runtime import STATE_KEY, ThreadsRuntime
+from proxy.threads.runtime import ThreadsRuntime
 
 POLL_AFTER_MS = "100"  # `openai-poll-after-ms`: how often the SDK's *_and_poll helpers look
 JsonAction = Callable[[web.Request, ThreadsRuntime, str], Awaitable[dict[str, Any]]]
@@ -42,7 +43,7 @@ def _json(obj: Any, request: web.Request, headers: dict[str, str] | None = None
 def json_handler(action: JsonAction) -> Callable[[web.Request], Awaitable[web.Response]]:
     """A handler answering `action(request, runtime, owner)` as JSON."""
     async def handler(request: web.Request) -> web.Response:
-        runtime: ThreadsRuntime = request.app[SERVICES].state[STATE_KEY]
+        runtime = request.app[RESOURCES].threads
         return _json(await action(request, runtime, tenant_of(request).name), request)
     handler.__doc__ = action.__doc__  # what /openapi.json says of the route
     return handler
@@ -51,7 +52,7 @@ def json_handler(action: JsonAction) -> Callable[[web.Request], Awaitable[web.Re
 def run_handler(action: RunAction) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """A handler answering the run `action` started: JSON, or its event stream."""
     async def handler(request: web.Request) -> web.StreamResponse:
-        runtime: ThreadsRuntime = request.app[SERVICES].state[STATE_KEY]
+        runtime = request.app[RESOURCES].threads
         run, events = await action(request, runtime)
         if events is None:
             return _json(run, request, {"openai-poll-after-ms": POLL_AFTER_MS})
@@ -261,15 +262,9 @@ _RUN_ROUTES: list[tuple[str, str, RunAction]] = [
 ]
 
 
-async def _open_runtime(app: web.Application) -> None:
-    services = app[SERVICES]
-    services.state[STATE_KEY] = await ThreadsRuntime.open(services, app[PIPELINE])
-
-
 def add_routes(app: web.Application) -> None:
-    """Register the Assistants API routes and open the threads runtime at startup."""
+    """Register the Assistants API routes."""
     for method, path, run_action in _RUN_ROUTES:  # /v1/threads/runs before /v1/threads/{id}
         app.router.add_route(method, path, run_handler(run_action))
     for method, path, action in _JSON_ROUTES:
         app.router.add_route(method, path, json_handler(action))
-    app.on_startup.append(_open_runtime)

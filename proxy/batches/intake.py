@@ -27,8 +27,7 @@ from proxy.batches.view import answered_batch, merged_batch
 from proxy.errors import InvalidRequest, ProxyError
 from proxy.pipeline.core import Context, Pipeline
 from proxy.pipeline.passthrough_usage import Bill, bill_for, usage_of
-from proxy.services import Services
-from proxy.tenancy import limits_of
+from proxy.resources import Resources
 
 CHAT_ENDPOINT = "/v1/chat/completions"
 LOOKUPS_AT_ONCE = 16  # lines looked up concurrently (the embedder batches them)
@@ -48,10 +47,10 @@ def _check_line(line: InputLine, tenant: Tenant) -> None:
 class BatchIntake:
     """The proxy's side of batches over chat completions, for one application."""
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        self.store = BatchStore(services.kv)
-        self.upstream = UpstreamBatches(services.upstream)
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.store = BatchStore(resources.kv)
+        self.upstream = UpstreamBatches(resources.upstream)
 
     async def create(self, ctx: Context, chain: Pipeline) -> dict[str, Any]:
         """Take in the batch `ctx.body` asks for; the batch object."""
@@ -94,7 +93,8 @@ class BatchIntake:
                 return
             answered[line.custom_id] = answered_line(line.custom_id, line_ctx.request_id,
                                                      reply.json())
-            self.services.ledger.record(batch_line_entry(line_ctx, reply, self.services.prices))
+            self.resources.ledger.record(batch_line_entry(line_ctx, reply,
+                                                           self.resources.prices))
 
         await asyncio.gather(*(look_up(line) for line in lines))
         return answered
@@ -107,7 +107,7 @@ class BatchIntake:
             return answered_batch(record), None
         upstream = await self.upstream.batch(record.upstream_id)
         bill = await bill_for(ctx, upstream, usage_of(upstream.get("usage")),
-                              self.services.prices, limits_of(self.services))
+                              self.resources.prices, self.resources.limits)
         return merged_batch(record, upstream), bill
 
     async def cancel(self, record: BatchRecord) -> dict[str, Any]:

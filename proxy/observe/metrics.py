@@ -9,8 +9,8 @@ sent is counted as "other". With several workers (`serve --workers N`) the serve
 PROMETHEUS_MULTIPROC_DIR before the workers start; every worker then writes its
 samples there and any worker's `/metrics` reports the sum over all of them.
 
-Budget remaining per key comes from a hook: whoever tracks spend registers a
-callable in `services.state["budget_remaining"]` returning {key name: USD left};
+Budget remaining per key comes from a hook: `budget_hook()` returns the callable the
+budget stage keeps (returning {key name: USD left}), or None without a budget stage;
 it is called at scrape time.
 """
 
@@ -20,7 +20,6 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -32,8 +31,9 @@ from proxy.pricing import PriceTable
 from proxy.store.ledger import LedgerEntry
 
 log = logging.getLogger("proxy.metrics")
+# the budget stage's {key: USD left} callable, or None when no budget stage runs
+BudgetHook = Callable[[], Callable[[], Mapping[str, float]] | None]
 
-BUDGET_HOOK = "budget_remaining"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CACHE_STAGES = frozenset({"pattern", "exact_cache", "semantic_cache"})
 _UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -70,16 +70,16 @@ class ModelLabels:
 
 
 class BudgetCollector(Collector):
-    """`proxy_budget_remaining_usd{key}` from the budget hook in services.state."""
+    """`proxy_budget_remaining_usd{key}` from the budget hook, asked at scrape time."""
 
-    def __init__(self, state: Mapping[str, Any]) -> None:
-        self.state = state
+    def __init__(self, budget_hook: BudgetHook) -> None:
+        self.budget_hook = budget_hook
 
     def collect(self) -> Iterator[Metric]:
         """Ask the hook now; no hook (or a failing one) yields an empty gauge."""
         gauge = GaugeMetricFamily("proxy_budget_remaining_usd",
                                   "USD left in each key's current budget period", labels=["key"])
-        hook: Callable[[], Mapping[str, float]] | None = self.state.get(BUDGET_HOOK)
+        hook = self.budget_hook()
         if hook is not None:
             try:
                 for key, usd in sorted(hook().items()):
@@ -92,7 +92,7 @@ class BudgetCollector(Collector):
 class Metrics:
     """The proxy's Prometheus metrics (a private registry per application)."""
 
-    def __init__(self, state: Mapping[str, Any], prices: PriceTable) -> None:
+    def __init__(self, budget_hook: BudgetHook, prices: PriceTable) -> None:
         self.model_label = ModelLabels(prices)
         self.registry = CollectorRegistry()
         r = self.registry
@@ -121,7 +121,7 @@ class Metrics:
         self.overhead = Histogram("proxy_overhead_seconds",
                                   "Request time not spent on the upstream",
                                   buckets=_OVERHEAD_BUCKETS, registry=r)
-        self.budget = BudgetCollector(state)
+        self.budget = BudgetCollector(budget_hook)
         if os.environ.get(MULTIPROC_ENV):
             self.output = CollectorRegistry()
             MultiProcessCollector(self.output)

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from proxy.config import Section
 from proxy.errors import ProxyError, RateLimited
 from proxy.pipeline.core import Context, Next, Reply
-from proxy.pipeline.ratelimit_headers import HEADERS, TOKEN, duration, record_window, retry_after
+from proxy.pipeline.ratelimit_headers import duration, record_window, retry_after
 from proxy.pipeline.stream_end import call_when_stream_ends
-from proxy.services import Services
+from proxy.resources import Resources
 from proxy.store.limits import Limits, LimitStore, Verdict
-from proxy.tenancy import limits_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +35,9 @@ def parse_rules(section: Section) -> Rules:
     return Rules(lease_seconds=section.float("lease_seconds", 600.0, minimum=1.0))
 
 
-def build(rules: Rules, services: Services) -> Admission:
+def build(rules: Rules, resources: Resources) -> Admission:
     """The admission stage over the shared limit store."""
-    return Admission(rules, limits_of(services))
+    return Admission(rules, resources.limits)
 
 
 def _refusal(name: str, verdict: Verdict) -> str:
@@ -67,7 +66,7 @@ class Admission:
             return await call_next(ctx)
         limits = Limits(policy.rpm, policy.tpm, policy.max_concurrent)
         key = ctx.tenant.name
-        token = ctx.scratch[TOKEN] = secrets.token_hex(8)
+        token = ctx.limit_token = secrets.token_hex(8)
         verdict = await self.limits.admit(key, token, limits, self.rules.lease_seconds)
         record_window(ctx, "requests", verdict.requests)
         headers = record_window(ctx, "tokens", verdict.tokens)
@@ -88,12 +87,12 @@ class Admission:
             reply = await call_next(ctx)
         except ProxyError as exc:
             await finish()
-            exc.headers = {**ctx.scratch[HEADERS], **exc.headers}
+            exc.headers = {**ctx.ratelimit_headers, **exc.headers}
             raise
         except BaseException:
             await finish()
             raise
-        reply.headers.update(ctx.scratch[HEADERS])
+        reply.headers.update(ctx.ratelimit_headers)
         if reply.is_stream:
             call_when_stream_ends(reply, finish)
         else:

@@ -22,16 +22,14 @@ from proxy import tokens
 from proxy.alerts import AlertSender, crossed
 from proxy.config import KeyConfig, Section
 from proxy.errors import QuotaExceeded, RateLimited
-from proxy.observe.metrics import BUDGET_HOOK
 from proxy.periods import current_period
-from proxy.pipeline.budget_left import BudgetLeft
+from proxy.pipeline.budget_left import BUDGET_LEFT, BudgetLeft
 from proxy.pipeline.core import Context, Next, Reply
-from proxy.pipeline.ratelimit_headers import TOKEN, duration, record_window, retry_after
+from proxy.pipeline.ratelimit_headers import duration, record_window, retry_after
 from proxy.pipeline.stream_end import call_when_stream_ends
 from proxy.pricing import PriceTable
-from proxy.services import Services
+from proxy.resources import Resources
 from proxy.store.limits import Ask, LimitStore, Verdict, to_nanos, to_usd
-from proxy.tenancy import alerts_of, limits_of
 
 log = logging.getLogger("proxy.budget")
 
@@ -53,14 +51,14 @@ def parse_rules(section: Section) -> Rules:
     )
 
 
-def build(rules: Rules, services: Services) -> Budget:
+def build(rules: Rules, resources: Resources) -> Budget:
     """The budget stage over the shared limit store; it also serves what is left of each
     key's budget to /metrics and /v1/proxy/budgets (`BudgetLeft`)."""
-    services.state[BUDGET_HOOK] = BudgetLeft(services.keys, limits_of(services),
-                                             services.config.server.timezone)
-    return Budget(rules, limits_of(services), services.prices,
-                  services.config.server.timezone, alerts_of(services),
-                  services.config.alerts_daily_usd)
+    resources.kept.replace(BUDGET_LEFT, BudgetLeft(resources.keys, resources.limits,
+                                                   resources.config.server.timezone))
+    return Budget(rules, resources.limits, resources.prices,
+                  resources.config.server.timezone, resources.alerts,
+                  resources.config.alerts_daily_usd)
 
 
 def completion_tokens_asked(body: dict[str, object], default: int) -> int:
@@ -127,7 +125,7 @@ class Budget:
             ctx.decide(self.name, "would_reserve", f"up to ${to_usd(ask.cost):.6f}",
                        tokens=ask.tokens, cost_usd=to_usd(ask.cost))
             return await call_next(ctx)
-        token = ctx.scratch.get(TOKEN) or secrets.token_hex(8)
+        token = ctx.limit_token or secrets.token_hex(8)
         verdict = await self.limits.reserve(key.name, token, ask)
         headers = record_window(ctx, "tokens", verdict.tokens)
         if not verdict.allowed:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 
 from proxy.auth import KeyRing
+from proxy.kept import KeptKey
 from proxy.periods import current_period
 from proxy.store.limits import LimitStore, to_usd
 
@@ -39,3 +40,6 @@ class BudgetLeft:
 
     def __call__(self) -> Mapping[str, float]:
         return dict(self._left)
+
+
+BUDGET_LEFT: KeptKey[BudgetLeft] = KeptKey("budget_left")

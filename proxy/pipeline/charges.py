@@ -29,10 +29,9 @@ from proxy.pipeline.budget import Rules as BudgetRules
 from proxy.pipeline.budget import completion_tokens_asked, key_ask
 from proxy.pipeline.core import Context, Usage
 from proxy.pricing import PriceTable
-from proxy.services import Services
+from proxy.resources import Resources
 from proxy.store.ledger import LedgerEntry
 from proxy.store.limits import Ask, LimitStore, to_nanos, to_usd
-from proxy.tenancy import alerts_of, limits_of
 from proxy.upstream.client import UpstreamClient
 
 log = logging.getLogger("proxy.budget")
@@ -40,11 +39,11 @@ Complete = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 DEFAULTS = BudgetRules()  # completion estimate and longest hold, as the budget stage's
 
 
-def charges_of(services: Services) -> KeyCharges:
+def charges_of(resources: Resources) -> KeyCharges:
     """Billed internal calls over the shared limit store, prices and alerts."""
-    return KeyCharges(services.upstream, limits_of(services), services.prices,
-                      services.config.server.timezone, alerts_of(services),
-                      services.config.alerts_daily_usd)
+    return KeyCharges(resources.upstream, resources.limits, resources.prices,
+                      resources.config.server.timezone, resources.alerts,
+                      resources.config.alerts_daily_usd)
 
 
 def internal_call_entry(ctx: Context, prices: PriceTable, model: str, usage: Usage | None,

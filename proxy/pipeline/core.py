@@ -18,6 +18,8 @@ import orjson
 
 if TYPE_CHECKING:
     from proxy.auth import Tenant
+    from proxy.observe.capture import AnswerCapture
+    from proxy.pipeline.passthrough_usage import Bill
     from proxy.pipeline.standalone import LastMessage
 
 
@@ -75,7 +77,9 @@ class Context:
     `body` (or use `set_model`). `client_body` keeps the body's fields as the client
     sent them (a shallow copy: stages replace fields such as `messages` or `tools`,
     they never edit them in place), for what must be judged on the original request
-    (its conversation, its baseline cost).
+    (its conversation, its baseline cost). Stages and handlers hand each other facts
+    through the typed fields after `client_body`, each written by the party its
+    comment names.
     """
 
     request_id: str
@@ -92,10 +96,27 @@ class Context:
     baseline_model: str | None = None
     dry_run: bool = False
     source: str = "chat"
-    scratch: dict[str, Any] = field(default_factory=dict)
     analyzed: bool = False
     last_message: LastMessage | None = None
     client_body: dict[str, Any] = field(init=False)
+    # the thread and run a threads turn belongs to (threads executor)
+    thread: dict[str, Any] | None = None
+    # {"key", "text"} summary of older turns kept with the thread or response chain
+    # (threads executor, responses handler); trim reuses it when its key still matches
+    prior_summary: dict[str, str] | None = None
+    # {"key", "text"} summary trim made or reused this turn, to keep for the next one
+    new_summary: dict[str, str] | None = None
+    # milliseconds spent waiting on the upstream (upstream terminal, pass-through)
+    upstream_ms: float | None = None
+    # the request's token in the limit store (admission; budget reuses it)
+    limit_token: str | None = None
+    # x-ratelimit-* headers collected by the limit stages (admission sends them)
+    ratelimit_headers: dict[str, str] = field(default_factory=dict)
+    # what the answer is captured into for the ledger and body log (dispatch)
+    answer_capture: AnswerCapture | None = None
+    # a pass-through answer read whole, and what it is billed (pass-through usage tap)
+    passthrough_answer: dict[str, Any] | None = None
+    passthrough_bill: Bill | None = None
 
     def __post_init__(self) -> None:
         self.client_body = dict(self.body)

@@ -13,34 +13,32 @@ from proxy.accounting import ledger_entry
 from proxy.errors import ProxyError
 from proxy.observe.capture import AnswerCapture
 from proxy.pipeline.core import Context, Next, Reply
-from proxy.services import Services
-
-_CAPTURE = "answer_capture"
+from proxy.resources import Resources
 
 
-async def dispatch(pipeline: Next, ctx: Context, services: Services) -> Reply:
+async def dispatch(pipeline: Next, ctx: Context, resources: Resources) -> Reply:
     """The pipeline's reply; the ledger row is written unless the reply is a stream."""
     capture = AnswerCapture(ctx)
     try:
         reply = await pipeline(ctx)
     except ProxyError as exc:
-        record(services, ctx, None, status=exc.status, error=exc.message)
+        record(resources, ctx, None, status=exc.status, error=exc.message)
         raise
     capture.attach(ctx, reply)
-    ctx.scratch[_CAPTURE] = capture
+    ctx.answer_capture = capture
     if not reply.is_stream:
-        record(services, ctx, reply, status=reply.status)
+        record(resources, ctx, reply, status=reply.status)
     return reply
 
 
-def record(services: Services, ctx: Context, reply: Reply | None, *, status: int,
+def record(resources: Resources, ctx: Context, reply: Reply | None, *, status: int,
            error: str | None = None) -> None:
     """Queue the ledger row of a finished request (and its body-log row, if logged)."""
-    capture: AnswerCapture | None = ctx.scratch.get(_CAPTURE)
-    entry = ledger_entry(ctx, reply, services.prices, status=status, error=error,
+    capture = ctx.answer_capture
+    entry = ledger_entry(ctx, reply, resources.prices, status=status, error=error,
                          answer=capture.answer() if capture else None)
-    services.ledger.record(entry)
-    if capture is not None and status < 400 and not entry.error and services.bodies is not None:
+    resources.ledger.record(entry)
+    if capture is not None and status < 400 and not entry.error and resources.bodies is not None:
         body = capture.body_record(ctx, entry.ts)
         if body is not None:
-            services.bodies.record(body)
+            resources.bodies.record(body)

@@ -12,7 +12,7 @@ works), and records the ledger row with status 499. When a bound cut the drain, 
 the upstream sent no usage, the upstream client has counted the usage from what
 streamed (upstream/meter.py).
 
-The handler runs it in a background task (`services.background`) so it returns at
+The handler runs it in a background task (`resources.background`) so it returns at
 once; at shutdown the running ones get a short grace, then are cancelled: a cancelled
 drain still closes its stream and records its row, billed from what streamed so far.
 """
@@ -28,7 +28,7 @@ from proxy.pipeline.core import Chunks, Context, Reply
 from proxy.pipeline.dispatch import record
 
 if TYPE_CHECKING:
-    from proxy.services import Services
+    from proxy.resources import Resources
 
 log = logging.getLogger("proxy.drain")
 CLIENT_CLOSED = 499  # nginx's "client closed request": the ledger status of such requests
@@ -52,22 +52,22 @@ async def drain(chunks: Chunks, seconds: float, max_bytes: int) -> str | None:
     return None
 
 
-async def close_and_record(services: Services, ctx: Context, reply: Reply, status: int) -> None:
+async def close_and_record(resources: Resources, ctx: Context, reply: Reply, status: int) -> None:
     """Close the reply's stream (its end hooks run) and record its ledger row."""
     assert reply.chunks is not None
     try:
         await reply.chunks.aclose()  # type: ignore[attr-defined]
     finally:
-        record(services, ctx, reply, status=status)
+        record(resources, ctx, reply, status=status)
 
 
-async def finish_abandoned(services: Services, ctx: Context, reply: Reply) -> None:
+async def finish_abandoned(resources: Resources, ctx: Context, reply: Reply) -> None:
     """Read on a stream the client left, then close it and record it as 499."""
     assert reply.chunks is not None
     reply.client_left = True
     ctx.decide("upstream", "client_left", "the client closed the stream; reading the rest "
                "of it (unsent) so the upstream's usage is billed")
-    seconds = services.upstream.upstream_for(reply.model or ctx.model).total_timeout
+    seconds = resources.upstream.upstream_for(reply.model or ctx.model).total_timeout
     try:
         why = await drain(reply.chunks, seconds, MAX_BYTES)
         if why:
@@ -75,10 +75,10 @@ async def finish_abandoned(services: Services, ctx: Context, reply: Reply) -> No
     except Exception:  # the end hooks and the ledger row below must still happen
         log.exception("reading on request %s after its client left failed", ctx.request_id)
     finally:
-        await close_and_record(services, ctx, reply, CLIENT_CLOSED)
+        await close_and_record(resources, ctx, reply, CLIENT_CLOSED)
 
 
-async def stream_reply(services: Services, ctx: Context, reply: Reply,
+async def stream_reply(resources: Resources, ctx: Context, reply: Reply,
                        send: Callable[[], Awaitable[None]]) -> None:
     """Run `send` (which writes the reply's stream to the client); however it ends, the
     reply is closed and recorded once: when the client left, the rest is read on in the
@@ -88,11 +88,11 @@ async def stream_reply(services: Services, ctx: Context, reply: Reply,
         await send()
     except ConnectionResetError:
         # the client went away, the upstream did not: read it on (behind) so it is billed
-        services.background.start(finish_abandoned(services, ctx, reply), name="drain")
+        resources.background.start(finish_abandoned(resources, ctx, reply), name="drain")
         handed_off = True
     except asyncio.CancelledError:
         status = CLIENT_CLOSED  # shutting down: billed from what streamed so far
         raise
     finally:
         if not handed_off:
-            await close_and_record(services, ctx, reply, status)
+            await close_and_record(resources, ctx, reply, status)

@@ -27,7 +27,7 @@ from proxy.pipeline.exact_cache import (
     request_key,
     write_stored,
 )
-from proxy.pipeline.passthrough_usage import ANSWER, usage_of
+from proxy.pipeline.passthrough_usage import usage_of
 from proxy.pipeline.stream_end import call_when_stream_ends
 from proxy.store.cache_entries import CacheEntries
 
@@ -80,7 +80,7 @@ class EmbeddingsCache:
                               "x-proxy-cache-age": str(age)})
 
     def _store(self, ctx: Context, reply: Reply, key: str, policy: Policy) -> None:
-        answer = ctx.scratch.get(ANSWER)
+        answer = ctx.passthrough_answer
         if reply.status != 200 or not reply.completed or reply.error:
             ctx.decide(self.name, "not_stored", f"not a complete answer (status {reply.status})")
             return

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from proxy.config import Section
+from proxy.kept import KeptKey
 from proxy.pipeline.cache_control import HEADER, CacheDirectives, unstorable
 from proxy.pipeline.core import Context, Next, Reply, Usage
 from proxy.pipeline.replies import completion_id, free_reply, tap_stream
@@ -45,9 +46,10 @@ from proxy.store.cache_entries import CacheEntries, SizeLimits
 from proxy.store.kv import StoreError
 
 if TYPE_CHECKING:
-    from proxy.services import Services
+    from proxy.resources import Resources
 
 NAME = "exact_cache"
+ENTRIES: KeptKey[CacheEntries] = KeptKey(NAME)
 NOT_IN_KEY = frozenset({"model", "stream", "stream_options", "store", "service_tier",
                         "prompt_cache_key", "prompt_cache_retention"})
 IDENTITY_FIELDS = frozenset({"user", "safety_identifier", "metadata"})
@@ -331,18 +333,14 @@ def _json_or_none(reply: Reply) -> Any:
         return None
 
 
-def build(rules: Rules, services: Services) -> ExactCache:
-    """The stage; its entries (and their writer) live in services.state across reloads."""
+def build(rules: Rules, resources: Resources) -> ExactCache:
+    """The stage; its entries (and their writer) are kept across reloads."""
     policies = (rules.default, *(o.policy for o in rules.overrides))
     needs_analyzer = any(p.share == "standalone" and not p.per_user for p in policies)
-    return ExactCache(rules, exact_entries(services),
-                      analyzer_of(services) if needs_analyzer else None)
+    return ExactCache(rules, exact_entries(resources),
+                      analyzer_of(resources) if needs_analyzer else None)
 
 
-def exact_entries(services: Services) -> CacheEntries:
+def exact_entries(resources: Resources) -> CacheEntries:
     """The process's exact-cache entries (created on first use)."""
-    entries = services.state.get(NAME)
-    if entries is None:
-        entries = services.state[NAME] = CacheEntries(services.kv, "exact")
-    assert isinstance(entries, CacheEntries)
-    return entries
+    return resources.kept.setdefault(ENTRIES, lambda: CacheEntries(resources.kv, "exact"))

@@ -17,12 +17,12 @@ so that at most `max_wrong_rate` of the hits served are wrong.
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import json
 import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 
 import numpy as np
 
@@ -90,7 +90,7 @@ PAIR_FILES = ("pairs.jsonl", "pairs_shared_tune.jsonl")
 def packaged_pairs() -> list[Pair]:
     """The labelled pairs that ship with the proxy (both files, see data/examples/README),
     plus light rewordings of the shipped standalone questions."""
-    folder = resources.files("proxy") / "data" / "examples"
+    folder = importlib.resources.files("proxy") / "data" / "examples"
     rows = [json.loads(line) for name in PAIR_FILES
             for line in (folder / name).read_text("utf-8").splitlines() if line.strip()]
     questions = [r["text"] for r in packaged_rows() if r["context"] == "standalone"]

@@ -18,7 +18,6 @@ from proxy import tokens
 from proxy.config import KeyConfig
 from proxy.pipeline.budget import Budget, key_ask
 from proxy.pipeline.core import Context, Reply
-from proxy.pipeline.passthrough_usage import BILL, Bill
 from proxy.store.limits import NANOS_PER_USD, Ask, to_nanos
 
 SMALLEST_HOLD_USD = 1 / NANOS_PER_USD
@@ -65,7 +64,7 @@ class PassthroughBudget(Budget):
 
     def billed(self, ctx: Context, reply: Reply | None) -> tuple[int, int] | None:
         """What the answer's Bill says (a batch's tokens are not per-minute tokens)."""
-        bill: Bill | None = ctx.scratch.get(BILL)
+        bill = ctx.passthrough_bill
         if bill is None or reply is None:
             return None
         return (0 if bill.batch else bill.usage.total_tokens), to_nanos(bill.cost_usd)

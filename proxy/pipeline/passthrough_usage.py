@@ -7,8 +7,8 @@ looked at. Usage is read in both of OpenAI's spellings (prompt/completion_tokens
 input/output_tokens); usage counted in seconds (whisper) is not priced.
 
 `tap_usage` wraps a forwarded answer's chunks so that, once it has passed whole and
-2xx, `ctx.scratch[ANSWER]` holds the parsed JSON (when read whole) and
-`ctx.scratch[BILL]` what it is billed. A batch object is billed once, at the batch
+2xx, `ctx.passthrough_answer` holds the parsed JSON (when read whole) and
+`ctx.passthrough_bill` what it is billed. A batch object is billed once, at the batch
 price, by the first request that sees it finished: a marker in the limit store makes
 that exactly once across processes and restarts, however often clients poll it.
 """
@@ -31,8 +31,6 @@ log = logging.getLogger("proxy.passthrough")
 
 INSPECT_BYTES = 16 * 1024 * 1024  # a JSON answer up to this size is parsed whole
 TAIL_BYTES = 64 * 1024  # of a larger one (or a stream), only its end is searched for usage
-ANSWER = "passthrough_answer"  # ctx.scratch: the JSON answer, when it was read whole
-BILL = "passthrough_bill"  # ctx.scratch: the Bill of the answer, when it had usage
 BATCH_FINISHED = frozenset({"completed", "expired", "cancelled", "failed"})
 BATCH_MARK_SECONDS = 90 * 86_400.0  # batches and their output outlive OpenAI's 30 days
 _DECODER = json.JSONDecoder()
@@ -156,10 +154,10 @@ async def _tapped(chunks: Chunks, reader: UsageReader, ctx: Context, reply: Repl
         return
     document = reader.document()
     if document is not None:
-        ctx.scratch[ANSWER] = document
+        ctx.passthrough_answer = document
         if isinstance(document.get("model"), str):
             reply.model = document["model"]
     bill = await bill_for(ctx, document, reader.usage(document), prices, limits)
     if bill is not None:
-        ctx.scratch[BILL] = bill
+        ctx.passthrough_bill = bill
         reply.usage, reply.model = bill.usage, bill.model

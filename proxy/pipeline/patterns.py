@@ -31,6 +31,7 @@ from typing import Any
 
 from proxy import tokens
 from proxy.config import Section
+from proxy.kept import KeptKey
 from proxy.pipeline.conditions import (
     Conditions,
     RuleMode,
@@ -44,9 +45,10 @@ from proxy.pipeline.core import Context, Next, Reply, Usage
 from proxy.pipeline.facts import Clock, RequestFacts, utc_now
 from proxy.pipeline.replies import free_reply, make_completion
 from proxy.pipeline.text import MAX_ANALYZED_CHARS, NormalizedText, normalize, one_typo_apart
-from proxy.services import Services
+from proxy.resources import Resources
 
 REPLY_STAGE = "pattern"
+ROTATION: KeptKey[dict[str, int]] = KeptKey("patterns")  # rotate picks, per rule
 PICKS = ("random", "rotate")
 _RULE_FIELDS = {"name", "enabled", "phrases", "typos", "keyword_sets", "regex", "replies",
                 "pick", "when", "mode", "percent"}
@@ -267,7 +269,7 @@ class PatternStage:
                           saved_usage=saved)
 
 
-def build(rules: PatternRules, services: Services) -> PatternStage:
+def build(rules: PatternRules, resources: Resources) -> PatternStage:
     """The stage for `rules`; rotation counters survive rule reloads."""
-    rotation = services.state.setdefault("patterns", {})
-    return PatternStage(rules, services.config.server.timezone, rotation)
+    rotation = resources.kept.setdefault(ROTATION, dict)
+    return PatternStage(rules, resources.config.server.timezone, rotation)

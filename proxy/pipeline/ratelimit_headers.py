@@ -1,6 +1,6 @@
 """OpenAI's `x-ratelimit-*` response headers, shared by the admission and budget stages.
 
-Both stages write into one dict kept in `ctx.scratch[HEADERS]`; the admission
+Both stages write into `ctx.ratelimit_headers`; the admission
 stage (first in the chain) copies it onto every reply and error of a limited key.
 """
 
@@ -10,9 +10,6 @@ import math
 
 from proxy.pipeline.core import Context
 from proxy.store.limits import Window
-
-HEADERS = "ratelimit_headers"  # ctx.scratch key of the headers collected so far
-TOKEN = "limit_token"  # ctx.scratch key of the request's token in the limit store
 
 
 def duration(seconds: float) -> str:
@@ -31,7 +28,7 @@ def retry_after(seconds: float) -> str:
 
 def record_window(ctx: Context, kind: str, window: Window | None) -> dict[str, str]:
     """Put the `kind` (requests|tokens) triple of `window` into the request's headers."""
-    headers: dict[str, str] = ctx.scratch.setdefault(HEADERS, {})
+    headers = ctx.ratelimit_headers
     if window is not None:
         headers[f"x-ratelimit-limit-{kind}"] = str(window.limit)
         headers[f"x-ratelimit-remaining-{kind}"] = str(window.remaining)

@@ -2,7 +2,7 @@
 
 Each stage module offers a pure `parse_rules(section: Section) -> Rules` that
 validates its table (raising ConfigError naming file, rule and field) and
-`build(rules, services) -> Stage`. A reload builds a whole new pipeline and swaps it in only when
+`build(rules, resources) -> Stage`. A reload builds a whole new pipeline and swaps it in only when
 every stage accepted its rules; otherwise the last good pipeline stays.
 """
 
@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.config import ConfigError, RulesDoc, load_rules_doc
 from proxy.pipeline.core import Next, Pipeline, Stage
-from proxy.pipeline.standalone import parse_context_rules
+from proxy.pipeline.standalone import CONTEXT_RULES, parse_context_rules
 
 if TYPE_CHECKING:
-    from proxy.services import Services
+    from proxy.resources import Resources
 
 log = logging.getLogger("proxy.rules")
 
@@ -55,24 +55,24 @@ def parse_stage_rules(doc: RulesDoc) -> list[tuple[ModuleType, Any]]:
     return parsed
 
 
-def build_stages(doc: RulesDoc, services: Services) -> list[Stage]:
+def build_stages(doc: RulesDoc, resources: Resources) -> list[Stage]:
     """Build every stage named in the rule file's `pipeline`, in order, after the shared
     `[context]` rules (the message classifier the caches and routing use)."""
     stages = parse_stage_rules(doc)
     if stages:
-        services.state["context_rules"] = parse_context_rules(doc.section("context"))
-    return [module.build(rules, services) for module, rules in stages]
+        resources.kept.replace(CONTEXT_RULES, parse_context_rules(doc.section("context")))
+    return [module.build(rules, resources) for module, rules in stages]
 
 
 class PipelineHolder:
     """The pipeline in force, rebuilt when the rule file changes (atomically per request)."""
 
-    def __init__(self, path: str, services: Services, terminal: Next) -> None:
+    def __init__(self, path: str, resources: Resources, terminal: Next) -> None:
         self.path = path
-        self.services = services
+        self.resources = resources
         self.terminal = terminal
         self.doc = load_rules_doc(path)
-        self.current = Pipeline(build_stages(self.doc, services), terminal)
+        self.current = Pipeline(build_stages(self.doc, resources), terminal)
         self._mtime = _mtime(path)
         self.last_error: str | None = None
 
@@ -84,7 +84,7 @@ class PipelineHolder:
         self._mtime = mtime
         try:
             doc = load_rules_doc(self.path)
-            pipeline = Pipeline(build_stages(doc, self.services), self.terminal)
+            pipeline = Pipeline(build_stages(doc, self.resources), self.terminal)
         except ConfigError as exc:
             self.last_error = str(exc)
             log.error("rules reload refused, last good rules stay in force: %s", exc)

@@ -55,7 +55,7 @@ from proxy.pipeline.route_examples import (
 )
 from proxy.pipeline.standalone import MessageAnalyzer, analyzer_of
 from proxy.pricing import PriceTable
-from proxy.services import Services
+from proxy.resources import Resources
 
 _RULE_FIELDS = {"name", "enabled", "model", "confidence", "why", "applies_to", "when",
                 "examples", "mode", "percent"}
@@ -256,10 +256,10 @@ class RouteStage:
         ctx.set_model(model)
 
 
-def build(rules: RouteRules, services: Services) -> RouteStage:
+def build(rules: RouteRules, resources: Resources) -> RouteStage:
     """The stage for `rules` (example rules share the process's embedder)."""
-    analyzer = analyzer_of(services) if any(r.examples for r in rules.rules) else None
-    stage = RouteStage(rules, services.config.server.timezone, services.prices, analyzer)
+    analyzer = analyzer_of(resources) if any(r.examples for r in rules.rules) else None
+    stage = RouteStage(rules, resources.config.server.timezone, resources.prices, analyzer)
     if stage.router is not None:
         stage.router.fitted.start()
     return stage

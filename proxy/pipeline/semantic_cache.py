@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 
 from proxy.config import Section
+from proxy.kept import KeptKey
 from proxy.pipeline.cache_control import HEADER, CacheDirectives, unstorable
 from proxy.pipeline.charges import charges_of
 from proxy.pipeline.core import Context, Next, Reply, Usage
@@ -35,7 +36,7 @@ from proxy.pipeline.standalone import LastMessage, MessageAnalyzer, analyzer_of
 from proxy.pipeline.text import MAX_ANALYZED_CHARS, content_text
 
 if TYPE_CHECKING:
-    from proxy.services import Services
+    from proxy.resources import Resources
 
 
 
@@ -54,6 +55,8 @@ class Rules:
 
 
 DEFAULTS = Rules()
+ENTRIES: KeptKey[SemanticEntries] = KeptKey("semantic_entries")
+PAIR_MODEL: KeptKey[PairModel] = KeptKey("pair_model")
 
 
 def parse_rules(section: Section) -> Rules:
@@ -217,28 +220,27 @@ class SemanticCache:
         await self.entries.add(pending, ttl)
 
 
-def build(rules: Rules, services: Services) -> SemanticCache:
+def build(rules: Rules, resources: Resources) -> SemanticCache:
     """The stage, sharing one analyzer, pair model and entry set across rule reloads."""
-    analyzer = analyzer_of(services)
-    entries = services.state.get("semantic_entries")
+    analyzer = analyzer_of(resources)
+    entries = resources.kept.get(ENTRIES)
     if entries is None:
-        entries = services.state["semantic_entries"] = SemanticEntries(services.kv,
-                                                                        rules.max_entries)
-        for tenant in services.keys.tenants():
+        entries = resources.kept.replace(ENTRIES, SemanticEntries(resources.kv,
+                                                                  rules.max_entries))
+        for tenant in resources.keys.tenants():
             entries.start_loading(tenant.namespace)
     entries.max_entries = rules.max_entries
-    judge = Judge(rules.judge_model, rules.judge_below, charges_of(services), services.ledger,
-                  services.prices) if rules.judge_model else None
-    return SemanticCache(rules, entries, analyzer, pair_model_of(services, rules), judge)
+    judge = Judge(rules.judge_model, rules.judge_below, charges_of(resources), resources.ledger,
+                  resources.prices) if rules.judge_model else None
+    return SemanticCache(rules, entries, analyzer, pair_model_of(resources, rules), judge)
 
 
-def pair_model_of(services: Services, rules: Rules) -> PairModel:
+def pair_model_of(resources: Resources, rules: Rules) -> PairModel:
     """The process's pair model, refitted only when its calibration targets change."""
     wanted = (rules.threshold, rules.max_wrong_rate)
-    model = services.state.get("pair_model")
+    model = resources.kept.get(PAIR_MODEL)
     if model is None or (model.candidate_threshold, model.max_wrong_rate) != wanted:
-        model = services.state["pair_model"] = PairModel(
-            analyzer_of(services).embedder, packaged_pairs(), *wanted)
+        model = resources.kept.replace(PAIR_MODEL, PairModel(
+            analyzer_of(resources).embedder, packaged_pairs(), *wanted))
         model.fitted.start()
-    assert isinstance(model, PairModel)
     return model

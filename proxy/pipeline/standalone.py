@@ -22,17 +22,18 @@ not standalone.
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from proxy.config import Section
 from proxy.embed import Embedder
+from proxy.kept import KeptKey
 from proxy.learn import LinearModel, Once, calibrate, choose_l2, fit
 from proxy.pipeline.core import Context
 from proxy.pipeline.followup import context_dependence, signals
@@ -40,7 +41,7 @@ from proxy.pipeline.paraphrase import clean_text
 from proxy.pipeline.text import MAX_ANALYZED_CHARS, content_text
 
 if TYPE_CHECKING:
-    from proxy.services import Services
+    from proxy.resources import Resources
 
 log = logging.getLogger("proxy.standalone")
 
@@ -71,7 +72,7 @@ CONTEXT_FILES = ("context.jsonl", "context_shared_tune.jsonl")
 
 def packaged_rows() -> list[dict[str, str]]:
     """The labelled messages that ship with the proxy (see data/examples/README.md)."""
-    folder = resources.files("proxy") / "data" / "examples"
+    folder = importlib.resources.files("proxy") / "data" / "examples"
     return [json.loads(line) for name in CONTEXT_FILES
             for line in (folder / name).read_text("utf-8").splitlines() if line.strip()]
 
@@ -235,19 +236,23 @@ class MessageAnalyzer:
         return ctx.last_message
 
 
-def analyzer_of(services: Services) -> MessageAnalyzer:
+CONTEXT_RULES: KeptKey[ContextRules] = KeptKey("context_rules")
+EMBEDDER: KeptKey[Embedder] = KeptKey("embedder")
+ANALYZER: KeptKey[MessageAnalyzer] = KeptKey("analyzer")
+ANALYZER_RULES: KeptKey[ContextRules] = KeptKey("analyzer_rules")
+
+
+def analyzer_of(resources: Resources) -> MessageAnalyzer:
     """The process's analyzer for the rules in force (`configure` sets them): one
     embedder for the process, a classifier refitted only when the rules change."""
-    rules = services.state.get("context_rules") or ContextRules()
-    current = services.state.get("analyzer")
-    if current is not None and services.state.get("analyzer_rules") == rules:
+    rules = resources.kept.get(CONTEXT_RULES) or ContextRules()
+    current = resources.kept.get(ANALYZER)
+    if current is not None and resources.kept.get(ANALYZER_RULES) == rules:
         return current
-    embedder = services.state.get("embedder")
-    if embedder is None:
-        embedder = services.state["embedder"] = Embedder()
+    embedder = resources.kept.setdefault(EMBEDDER, Embedder)
     classifier = ContextClassifier(embedder, [*packaged_examples(), *rules.examples],
                                    rules.max_dependent_rate)
-    analyzer = services.state["analyzer"] = MessageAnalyzer(embedder, classifier)
-    services.state["analyzer_rules"] = rules
+    analyzer = resources.kept.replace(ANALYZER, MessageAnalyzer(embedder, classifier))
+    resources.kept.replace(ANALYZER_RULES, rules)
     analyzer.start()
     return analyzer

@@ -103,7 +103,7 @@ class Summarizer:
     """Makes, stores and reuses summaries; one upstream call per distinct prefix.
 
     `inflight` maps summary keys to the task making them; pass the same dict to
-    every Summarizer of a process (e.g. from `services.state`) so rule reloads
+    every Summarizer of a process (e.g. kept in `Resources.kept`) so rule reloads
     keep sharing calls.
     """
 

@@ -37,7 +37,7 @@ from proxy.pipeline.followup import context_dependence
 from proxy.pipeline.text import MAX_ANALYZED_CHARS, RULE_TEXT_CHARS, content_text
 
 if TYPE_CHECKING:
-    from proxy.services import Services
+    from proxy.resources import Resources
 
 MODES = ("per_tool", "all_or_none")
 RESULT_ROLES = frozenset({"tool", "function"})
@@ -100,7 +100,7 @@ def parse_rules(section: Section) -> ToolRules:
     )
 
 
-def build(rules: ToolRules, services: Services) -> ToolStripper:
+def build(rules: ToolRules, resources: Resources) -> ToolStripper:
     """The stage for these rules."""
     return ToolStripper(rules)
 

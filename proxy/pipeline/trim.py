@@ -29,8 +29,9 @@ import orjson
 
 from proxy import tokens
 from proxy.config import Section
+from proxy.kept import KeptKey
 from proxy.pipeline.charges import KeyCharges, charges_of, internal_call_entry
-from proxy.pipeline.core import Context, Next, Reply
+from proxy.pipeline.core import Context, Next, Reply, Usage
 from proxy.pipeline.summary import (
     DEFAULT_PROMPT,
     Summarizer,
@@ -42,11 +43,9 @@ from proxy.pipeline.summary import (
 
 # Thread runs and response chains hand in the summary stored with them and keep the one
 # this stage used.
-THREAD_SUMMARY = "thread_summary"
-NEW_SUMMARY = "trim_summary"
 
 if TYPE_CHECKING:
-    from proxy.services import Services
+    from proxy.resources import Resources
 
 INSTRUCTION_ROLES = frozenset({"system", "developer"})
 RESULT_ROLES = frozenset({"tool", "function"})
@@ -94,11 +93,14 @@ def parse_rules(section: Section) -> TrimRules:
     )
 
 
-def build(rules: TrimRules, services: Services) -> ContextTrimmer:
+INFLIGHT: KeptKey[dict[str, asyncio.Task[tuple[str, Usage | None]]]] = KeptKey("trim")
+
+
+def build(rules: TrimRules, resources: Resources) -> ContextTrimmer:
     """The stage for these rules; in-flight summaries are shared across reloads."""
-    inflight = services.state.setdefault("trim", {})
-    return ContextTrimmer(rules, Summarizer(rules.summary, services.upstream, services.kv,
-                                            inflight), services, charges_of(services))
+    inflight = resources.kept.setdefault(INFLIGHT, dict)
+    return ContextTrimmer(rules, Summarizer(rules.summary, resources.upstream, resources.kv,
+                                            inflight), resources, charges_of(resources))
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,11 +191,11 @@ class ContextTrimmer:
 
     name = "trim"
 
-    def __init__(self, rules: TrimRules, summarizer: Summarizer, services: Services,
+    def __init__(self, rules: TrimRules, summarizer: Summarizer, resources: Resources,
                  charges: KeyCharges) -> None:
         self.rules = rules
         self.summarizer = summarizer
-        self.services = services
+        self.resources = resources
         self.charges = charges
 
     async def __call__(self, ctx: Context, call_next: Next) -> Reply:
@@ -210,7 +212,7 @@ class ContextTrimmer:
         summary = await self._summary(ctx, plan)
         text = summary.text if summary else None
         if summary is not None and text is not None:
-            ctx.scratch[NEW_SUMMARY] = {"key": summary.key, "text": text}
+            ctx.new_summary = {"key": summary.key, "text": text}
         if summary is not None and summary.source == "missing":  # dry run: show its place
             text = (f"(dry run: a summary of {len(plan.summarized)} earlier messages by "
                     f"{self.rules.summary.model} goes here)")
@@ -222,8 +224,8 @@ class ContextTrimmer:
     async def _summary(self, ctx: Context, plan: TrimPlan) -> Summary | None:
         if not self.rules.summarize:
             return None
-        on_thread = ctx.scratch.get(THREAD_SUMMARY)
-        if isinstance(on_thread, dict):
+        on_thread = ctx.prior_summary
+        if on_thread is not None:
             key = summary_key(plan.summarized, self.summarizer.rules)
             if on_thread.get("key") == key and isinstance(on_thread.get("text"), str):
                 return Summary(on_thread["text"], "thread", key)
@@ -266,6 +268,6 @@ class ContextTrimmer:
 
     def _record_cost(self, ctx: Context, summary: Summary, started: float) -> None:
         """A ledger row for the summary call itself, so savings are reported net of it."""
-        self.services.ledger.record(internal_call_entry(
-            ctx, self.services.prices, self.rules.summary.model, summary.usage, started,
+        self.resources.ledger.record(internal_call_entry(
+            ctx, self.resources.prices, self.rules.summary.model, summary.usage, started,
             self.name, "summary", orjson.dumps({"summary_key": summary.key}).decode()))

@@ -7,7 +7,7 @@ in one background task, so no response waits for the store; an entry is
 visible to `get` from the moment its write is queued (read-your-writes within
 the process). A full queue drops writes rather than grow: a cache write is an
 optimisation, never owed. The admin purge endpoint calls `purge_namespace` on
-every object in `services.state` that has one.
+every kept object that has one.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from proxy.services import Services
+    from proxy.resources import Resources
 
 Kind = Literal["assistant", "thread", "message", "run", "step"]
 Order = Literal["asc", "desc"]
@@ -102,15 +102,15 @@ class ThreadStore(Protocol):
         ...
 
 
-async def open_thread_store(services: Services) -> ThreadStore:
+async def open_thread_store(resources: Resources) -> ThreadStore:
     """The store for the configured backend (storage.backend), ready to use."""
-    if services.config.storage.backend == "redis":
+    if resources.config.storage.backend == "redis":
         from proxy.store.threads_redis import RedisThreadStore
 
-        assert services.redis is not None
-        return RedisThreadStore(services.redis, services.config.storage.redis_prefix)
+        assert resources.redis is not None
+        return RedisThreadStore(resources.redis, resources.config.storage.redis_prefix)
     from proxy.store.threads_sqlite import SqliteThreadStore
 
-    store = SqliteThreadStore(services.db)
+    store = SqliteThreadStore(resources.db)
     await store.start()
     return store

@@ -135,10 +135,10 @@ class RunTurn:
             return
         ctx = Context(request_id=self.request_id, tenant=self.tenant, body=request.body,
                       raw=None, headers=self.headers, source="thread")
-        ctx.scratch["thread"] = request.thread_info
-        ctx.scratch["thread_summary"] = thread.get("_trim_summary")
+        ctx.thread = request.thread_info
+        ctx.prior_summary = thread.get("_trim_summary")
         try:
-            reply = await dispatch(self.runtime.pipeline.current, ctx, self.runtime.services)
+            reply = await dispatch(self.runtime.pipeline.current, ctx, self.runtime.resources)
         except ProxyError as exc:
             raise RunFailed(error_code(exc.status), exc.message) from None
         if not reply.ok:
@@ -184,14 +184,14 @@ class RunTurn:
             raise
         finally:
             await reply.chunks.aclose()  # type: ignore[attr-defined]
-            record(self.runtime.services, ctx, reply, status=status)
+            record(self.runtime.resources, ctx, reply, status=status)
         if error or reply.error:
             raise RunFailed("server_error", error or reply.error or "The model stream broke off.")
         return assembler.completion()
 
     async def _keep_summary(self, thread: dict[str, Any], ctx: Context) -> None:
         """Store the trim stage's summary of older turns on the thread, for the next run."""
-        summary = ctx.scratch.get("trim_summary")
+        summary = ctx.new_summary
         if summary and summary != thread.get("_trim_summary"):
             thread["_trim_summary"] = summary
             await self.store.update(self.owner, "thread", thread)

@@ -3,8 +3,8 @@
 Truncation honoured here is the client's own `truncation_strategy`
 (`last_messages`) and `max_prompt_tokens` (oldest messages dropped to fit);
 pruning to save money is the trim stage's job further down the pipeline, which
-finds the thread's stored summary in `ctx.scratch["thread_summary"]` and may
-leave a new one in `ctx.scratch["trim_summary"]`.
+finds the thread's stored summary in `ctx.prior_summary` and may
+leave a new one in `ctx.new_summary`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The threads service of one proxy process: store, records, runs and their tasks.
 
-Kept in `services.state["threads"]`; `aclose()` at shutdown lets running turns
+`Resources.threads`; `aclose()` at shutdown lets running turns
 finish for a short grace period, then cancels the rest (their runs are marked
 failed, so no client polls forever).
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from proxy.auth import Tenant
 from proxy.pipeline.registry import PipelineHolder
-from proxy.services import Services
+from proxy.resources import Resources
 from proxy.store.threads_store import ThreadStore, open_thread_store
 from proxy.threads.events import RunEvents
 from proxy.threads.executor import RunTurn
@@ -22,15 +22,14 @@ from proxy.threads.records import Records
 from proxy.threads.runs import Runs
 
 log = logging.getLogger("proxy.threads")
-STATE_KEY = "threads"
 SHUTDOWN_GRACE_SECONDS = 2.0
 
 
 class ThreadsRuntime:
     """Everything the /v1/assistants and /v1/threads handlers call into."""
 
-    def __init__(self, services: Services, pipeline: PipelineHolder, store: ThreadStore) -> None:
-        self.services = services
+    def __init__(self, resources: Resources, pipeline: PipelineHolder, store: ThreadStore) -> None:
+        self.resources = resources
         self.pipeline = pipeline
         self.store = store
         self.records = Records(store)
@@ -39,9 +38,9 @@ class ThreadsRuntime:
         self.closing = False
 
     @classmethod
-    async def open(cls, services: Services, pipeline: PipelineHolder) -> ThreadsRuntime:
+    async def open(cls, resources: Resources, pipeline: PipelineHolder) -> ThreadsRuntime:
         """The runtime on the configured store."""
-        return cls(services, pipeline, await open_thread_store(services))
+        return cls(resources, pipeline, await open_thread_store(resources))
 
     def start_turn(self, tenant: Tenant, run: dict[str, Any], events: RunEvents | None,
                    request_id: str, headers: Mapping[str, str]) -> None:

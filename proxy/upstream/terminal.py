@@ -8,13 +8,11 @@ from proxy.pipeline.core import Chunks, Context, Reply
 from proxy.pipeline.prompt_cache import conversation_key
 from proxy.upstream.client import UpstreamClient
 
-UPSTREAM_MS = "upstream_ms"  # ctx.scratch key: time spent waiting on the upstream
-
 
 class UpstreamTerminal:
     """Forwards the request as the stages left it; in dry runs only says where it would go.
 
-    It notes the time spent on the upstream in `ctx.scratch["upstream_ms"]` (for streams,
+    It notes the time spent on the upstream in `ctx.upstream_ms` (for streams,
     until the last chunk), so the ledger can tell upstream latency from proxy overhead.
     A request without a `prompt_cache_key` gets its conversation's (unless the upstream's
     `prompt_cache_key = false`), so every turn reaches the cache its earlier turns filled.
@@ -47,7 +45,7 @@ class UpstreamTerminal:
         try:
             reply = await self.client.send(ctx)
         finally:
-            ctx.scratch[UPSTREAM_MS] = (time.perf_counter() - started) * 1000.0
+            ctx.upstream_ms = (time.perf_counter() - started) * 1000.0
         if reply.chunks is not None:
             reply.chunks = timed(reply.chunks, ctx, started)
         return reply
@@ -59,5 +57,5 @@ async def timed(chunks: Chunks, ctx: Context, started: float) -> Chunks:
         async for chunk in chunks:
             yield chunk
     finally:
-        ctx.scratch[UPSTREAM_MS] = (time.perf_counter() - started) * 1000.0
+        ctx.upstream_ms = (time.perf_counter() - started) * 1000.0
         await chunks.aclose()  # type: ignore[attr-defined]

@@ -1,15 +1,11 @@
-"""Typed application state keys and request accessors shared by the handlers."""
+"""What the auth middleware attaches to each request: its tenant and the proxy's id."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from proxy.auth import Tenant
-from proxy.pipeline.registry import PipelineHolder
-from proxy.services import Services
 
-SERVICES = web.AppKey("services", Services)
-PIPELINE = web.AppKey("pipeline", PipelineHolder)
 TENANT = web.RequestKey("tenant", Tenant)
 REQUEST_ID = web.RequestKey("request_id", str)
 
