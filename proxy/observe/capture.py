@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from proxy.pipeline.core import Context, Reply
-from proxy.pipeline.replies import tap_stream
+from proxy.pipeline.replies import when_answered
 from proxy.store.bodies import BodyRecord
 
 log = logging.getLogger("proxy.capture")
@@ -38,7 +38,7 @@ class AnswerCapture:
         if self.messages is None and not (ctx.body.get("tools") or ctx.body.get("functions")):
             return
         if reply.chunks is not None:
-            reply.chunks = tap_stream(reply.chunks, reply, self._keep)
+            when_answered(reply, self._keep)
         elif reply.ok:
             try:
                 parsed = reply.json()

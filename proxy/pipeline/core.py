@@ -190,7 +190,9 @@ class Reply:
     what a free answer saved. For streams, `usage` and `completed` are filled in
     by the time the last chunk has been yielded (or the stream was closed);
     `client_left` is set when the client hung up before the end (the stream is then
-    read on for billing, and nothing from it may be kept).
+    read on for billing, and nothing from it may be kept). `answer_hooks` are what
+    stages asked to be given the assembled answer of a stream (`replies.when_answered`:
+    one assembly for all of them).
     """
 
     status: int = 200
@@ -204,6 +206,7 @@ class Reply:
     completed: bool = False
     client_left: bool = False
     error: str | None = None
+    answer_hooks: list[Callable[[dict[str, Any]], Awaitable[None]]] | None = None
     _parsed: Any = None
 
     @property

@@ -40,7 +40,7 @@ from proxy.config import Section
 from proxy.kept import KeptKey
 from proxy.pipeline.cache_control import HEADER, CacheDirectives, unstorable
 from proxy.pipeline.core import Context, Next, Reply, Usage
-from proxy.pipeline.replies import completion_id, free_reply, tap_stream
+from proxy.pipeline.replies import completion_id, free_reply, when_answered
 from proxy.pipeline.standalone import MessageAnalyzer, analyzer_of
 from proxy.store.cache_entries import CacheEntries, SizeLimits
 from proxy.store.kv import StoreError
@@ -221,7 +221,7 @@ class ExactCache:
                 self._store(ctx, reply, completion, chosen, policy)
 
         if reply.is_stream and reply.chunks is not None:
-            reply.chunks = tap_stream(reply.chunks, reply, store)
+            when_answered(reply, store)
         else:
             await store(_json_or_none(reply))
         return reply

@@ -201,6 +201,24 @@ async def tap_stream(chunks: Chunks, reply: Reply,
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
+def when_answered(reply: Reply, hook: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    """Give `hook` the assembled chat.completion of the streamed `reply` once it finished
+    without error (never for a stream that was cut or that the client left). However many
+    stages ask, the stream is tapped and assembled once; hooks run in the order they were
+    added (the innermost stage's first)."""
+    if reply.answer_hooks is not None:
+        reply.answer_hooks.append(hook)
+        return
+    hooks = reply.answer_hooks = [hook]
+
+    async def answered(completion: dict[str, Any]) -> None:
+        for each in hooks:
+            await each(completion)
+
+    assert reply.chunks is not None, "only a stream is answered later"
+    reply.chunks = tap_stream(reply.chunks, reply, answered)
+
+
 def free_reply(ctx: Context, completion: Mapping[str, Any], *, stage: str,
                saved_usage: Usage | None, headers: dict[str, str] | None = None) -> Reply:
     """A reply the proxy gives itself (pattern, cache hit): JSON, or SSE for stream clients."""

@@ -29,7 +29,7 @@ from proxy.pipeline.charges import charges_of
 from proxy.pipeline.core import Context, Next, Reply, Usage
 from proxy.pipeline.pair_model import PairModel, packaged_pairs
 from proxy.pipeline.paraphrase import pair_conflict
-from proxy.pipeline.replies import completion_id, free_reply, tap_stream
+from proxy.pipeline.replies import completion_id, free_reply, when_answered
 from proxy.pipeline.semantic_index import Entry, Scope, SemanticEntries
 from proxy.pipeline.semantic_verify import Judge
 from proxy.pipeline.standalone import LastMessage, MessageAnalyzer, analyzer_of
@@ -168,7 +168,7 @@ class SemanticCache:
                     await self._store(pending, completion, reply.usage)
 
             if reply.is_stream:
-                reply.chunks = tap_stream(reply.chunks, reply, store)
+                when_answered(reply, store)
             else:
                 await store(reply.json())
         return reply
