@@ -29,7 +29,7 @@ from proxy.pipeline.ratelimit_headers import duration, record_window, retry_afte
 from proxy.pipeline.stream_end import call_when_stream_ends
 from proxy.pricing import PriceTable
 from proxy.resources import Resources
-from proxy.store.limits import Ask, LimitStore, Verdict, to_nanos, to_usd
+from proxy.store.limits import Ask, LimitStore, Settled, Verdict, to_nanos, to_usd
 
 log = logging.getLogger("proxy.budget")
 
@@ -110,10 +110,14 @@ class Budget:
 
     async def estimate(self, ctx: Context, key: KeyConfig) -> Ask:
         """What the request asks to hold: its prompt plus the completion it may produce."""
+        return await self.ask_for(key, ctx.body, ctx.model)
+
+    async def ask_for(self, key: KeyConfig, body: dict[str, object], model: str) -> Ask:
+        """What a chat `body` sent with `model` asks `key` to hold (also for internal calls)."""
         # memoized per message (trim counted the same messages already); big ones off-loop
-        prompt = await tokens.count_request_async(ctx.body)
-        completion = completion_tokens_asked(ctx.body, self.rules.completion_estimate)
-        return key_ask(key, prompt + completion, self.prices.cost(ctx.model, prompt, completion),
+        prompt = await tokens.count_request_async(body)
+        completion = completion_tokens_asked(body, self.rules.completion_estimate)
+        return key_ask(key, prompt + completion, self.prices.cost(model, prompt, completion),
                        self.timezone, self.rules.reservation_seconds)
 
     async def __call__(self, ctx: Context, call_next: Next) -> Reply:
@@ -163,14 +167,23 @@ class Budget:
         """Replace the hold by the real usage; release it when there is none to bill."""
         billed = self.billed(ctx, reply)
         used, cost = billed or (0, 0)
+        settled = await self.settle(key, token, ask, used, cost, f"request {ctx.request_id}")
+        if settled is not None:
+            ctx.decide(self.name, "settled" if billed else "released",
+                       f"${to_usd(cost):.6f} billed" if billed else "nothing billed",
+                       tokens=used, cost_usd=to_usd(cost), spent_usd=to_usd(settled.spent))
+
+    async def settle(self, key: KeyConfig, token: str, ask: Ask, used: int, cost: int,
+                     what: str) -> Settled | None:
+        """Replace `key`'s hold `token` by `used` tokens and `cost` nano-dollars (0, 0
+        releases it) and send any spend alert it crosses; None when the store failed
+        (logged, naming `what` was settled)."""
         day = current_period("day", self.timezone, time.time())
         try:
             settled = await self.limits.settle(key.name, token, used, cost, ask.period, day)
         except Exception:
-            log.exception("could not settle request %s of key %s", ctx.request_id, key.name)
-            return
-        ctx.decide(self.name, "settled" if billed else "released",
-                   f"${to_usd(cost):.6f} billed" if billed else "nothing billed",
-                   tokens=used, cost_usd=to_usd(cost), spent_usd=to_usd(settled.spent))
+            log.exception("could not settle %s of key %s", what, key.name)
+            return None
         if self.alerts is not None:
             self.alerts.notify(crossed(key, settled, ask.period, day, self.daily_usd))
+        return settled

@@ -14,27 +14,23 @@ usage, or releases it when the call failed. Keys without a policy call as before
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from proxy import tokens
-from proxy.alerts import AlertSender, crossed
+from proxy.alerts import AlertSender
 from proxy.config import KeyConfig
 from proxy.errors import QuotaExceeded, RateLimited
-from proxy.periods import current_period
+from proxy.pipeline.budget import Budget
 from proxy.pipeline.budget import Rules as BudgetRules
-from proxy.pipeline.budget import completion_tokens_asked, key_ask
 from proxy.pipeline.core import Context, Usage
 from proxy.pricing import PriceTable
 from proxy.resources import Resources
 from proxy.store.ledger import LedgerEntry
-from proxy.store.limits import Ask, LimitStore, to_nanos, to_usd
+from proxy.store.limits import LimitStore, to_nanos, to_usd
 from proxy.upstream.client import UpstreamClient
 
-log = logging.getLogger("proxy.budget")
 Complete = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 DEFAULTS = BudgetRules()  # completion estimate and longest hold, as the budget stage's
 
@@ -66,8 +62,9 @@ class KeyCharges:
     def __init__(self, upstream: UpstreamClient, limits: LimitStore, prices: PriceTable,
                  timezone: str, alerts: AlertSender | None,
                  daily_usd: tuple[float, ...]) -> None:
-        self.upstream, self.limits, self.prices, self.timezone = upstream, limits, prices, timezone
-        self.alerts, self.daily_usd = alerts, daily_usd
+        self.upstream, self.prices = upstream, prices
+        # the budget stage's own holds (with its default estimate and longest hold)
+        self.holds = Budget(DEFAULTS, limits, prices, timezone, alerts, daily_usd)
 
     def complete_for(self, ctx: Context) -> Complete:
         """`upstream.complete`, billed to the key of the request `ctx`."""
@@ -82,12 +79,9 @@ class KeyCharges:
 
     async def _charged(self, key: KeyConfig, body: dict[str, Any]) -> dict[str, Any]:
         model = str(body["model"])
-        prompt = await tokens.count_request_async(body)
-        completion = completion_tokens_asked(body, DEFAULTS.completion_estimate)
-        ask = key_ask(key, prompt + completion, self.prices.cost(model, prompt, completion),
-                      self.timezone, DEFAULTS.reservation_seconds)
+        ask = await self.holds.ask_for(key, body, model)
         token = secrets.token_hex(8)
-        verdict = await self.limits.reserve(key.name, token, ask)
+        verdict = await self.holds.limits.reserve(key.name, token, ask)
         if not verdict.allowed:
             refused = QuotaExceeded if verdict.reason == "budget" else RateLimited
             raise refused(f"key '{key.name}' has no room for it: {verdict.reason} limit reached;"
@@ -98,19 +92,6 @@ class KeyCharges:
             usage = Usage.from_openai(result.get("usage"))
             return result
         finally:
-            await self._settle(key, token, ask, model, usage)
-
-    async def _settle(self, key: KeyConfig, token: str, ask: Ask, model: str,
-                      usage: Usage | None) -> None:
-        used, cost = 0, 0
-        if usage is not None:
-            used = usage.total_tokens
-            cost = to_nanos(self.prices.usage_cost(model, usage))
-        day = current_period("day", self.timezone, time.time())
-        try:
-            settled = await self.limits.settle(key.name, token, used, cost, ask.period, day)
-        except Exception:
-            log.exception("could not settle an internal %s call of key %s", model, key.name)
-            return
-        if self.alerts is not None:
-            self.alerts.notify(crossed(key, settled, ask.period, day, self.daily_usd))
+            used, cost = ((usage.total_tokens, to_nanos(self.prices.usage_cost(model, usage)))
+                          if usage is not None else (0, 0))
+            await self.holds.settle(key, token, ask, used, cost, f"an internal {model} call")
