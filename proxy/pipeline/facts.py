@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -22,9 +22,6 @@ from proxy.pipeline.text import (
     last_user_text,
     readings,
 )
-
-if TYPE_CHECKING:
-    from proxy.pipeline.conditions import Conditions
 
 OPTIMIZE_FOR = ("cost", "latency", "quality")
 OPTIMIZE_HEADER = "x-proxy-optimize-for"
@@ -44,7 +41,7 @@ class RequestFacts:
     """What conditions test about one request, each computed on first use.
 
     Before testing conditions on prompt tokens, the stage awaits
-    `settle_prompt_tokens(conditions)`: tokenizing a long history costs far more than
+    `settle_prompt_tokens(low, high)`: tokenizing a long history costs far more than
     everything else here, so the exact count is made only when a cheap upper bound
     (the body's JSON bytes, every token being at least one byte, plus image
     allowances) cannot settle the comparison.
@@ -57,9 +54,8 @@ class RequestFacts:
         self.prompt_tokens: int | None = None
         self._exact_tokens: int | None = None
 
-    async def settle_prompt_tokens(self, conditions: Conditions) -> None:
-        """Set `prompt_tokens` precisely enough to test `conditions`' token bounds."""
-        low, high = conditions.min_tokens, conditions.max_tokens
+    async def settle_prompt_tokens(self, low: int | None, high: int | None) -> None:
+        """Set `prompt_tokens` precisely enough to test the bounds `low` and `high`."""
         ceiling = self.prompt_token_ceiling
         if (low is not None and ceiling < low) or (low is None and high is not None
                                                    and ceiling <= high):

@@ -237,7 +237,7 @@ class PatternStage:
             if not rule.matches_text(facts):
                 continue
             if rule.when.needs_tokens:
-                await facts.settle_prompt_tokens(rule.when)
+                await facts.settle_prompt_tokens(rule.when.min_tokens, rule.when.max_tokens)
             if rule.when.holds(facts):
                 if not rule.mode.acts(ctx.request_id, rule.name):
                     ctx.decide(self.name, "shadow", f"rule {rule.name!r} would answer",

@@ -203,7 +203,7 @@ class RouteStage:
         nearest: list[Nearest | None] = []
         for rule in candidates:
             if rule.when.needs_tokens:
-                await facts.settle_prompt_tokens(rule.when)
+                await facts.settle_prompt_tokens(rule.when.min_tokens, rule.when.max_tokens)
             if not rule.when.holds(facts):
                 continue
             why, extra = rule.why, {}
