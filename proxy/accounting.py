@@ -37,8 +37,7 @@ from typing import Any
 import orjson
 
 from proxy import tokens
-from proxy.pipeline.core import Context, Reply, Usage
-from proxy.pipeline.passthrough_usage import Bill
+from proxy.pipeline.core import Bill, Context, Reply, Usage
 from proxy.pipeline.prompt_cache import warm_cached_tokens
 from proxy.pricing import PriceTable
 from proxy.store.ledger import LedgerEntry

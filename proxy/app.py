@@ -25,10 +25,15 @@ from proxy.api import (
     threads,
 )
 from proxy.api.request_keys import REQUEST_ID, TENANT
+from proxy.batches.intake import BATCHES, BatchIntake
 from proxy.config import Config
 from proxy.errors import InvalidRequest, NotFound, ProxyError
-from proxy.pipeline.registry import PipelineHolder
-from proxy.resources import RESOURCES, open_resources
+from proxy.kept import close_quietly
+from proxy.pipeline.registry import PIPELINE, PipelineHolder
+from proxy.resources import RESOURCES, Resources, open_resources
+from proxy.responses.store import RESPONSES, ResponseStore
+from proxy.threads.runtime import THREADS, ThreadsRuntime
+from proxy.upstream.terminal import UpstreamTerminal
 
 log = logging.getLogger("proxy")
 
@@ -71,9 +76,9 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
 def _resources_ctx(config: Config, rules_path: str) -> Callable[[web.Application],
                                                                 AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_resources(config, rules_path) as resources:
+        async with open_resources(config) as resources:
             app[RESOURCES] = resources
-            holder = resources.pipeline
+            holder = await _open_services(app, resources, rules_path)
             watcher = asyncio.create_task(_watch_rules(holder,
                                                        config.server.rules_poll_seconds))
             log.info("pipeline: %s", " -> ".join(holder.current.names) or "(no stages)")
@@ -83,6 +88,21 @@ def _resources_ctx(config: Config, rules_path: str) -> Callable[[web.Application
                 await watcher
 
     return ctx
+
+
+async def _open_services(app: web.Application, resources: Resources,
+                         rules_path: str) -> PipelineHolder:
+    """The services built from the resources, each under its AppKey: the pipeline, the
+    threads runtime (closed first at shutdown: its running turns still record), the
+    response store and the batch intake."""
+    holder = app[PIPELINE] = PipelineHolder(rules_path, resources,
+                                            UpstreamTerminal(resources.upstream))
+    threads = app[THREADS] = await ThreadsRuntime.open(resources, holder)
+    resources.closing.push_async_callback(close_quietly, "threads", threads)
+    app[RESPONSES] = ResponseStore(resources.kv,
+                                   resources.config.storage.responses_ttl_days * 86400.0)
+    app[BATCHES] = BatchIntake(resources)
+    return holder
 
 
 async def _watch_rules(holder: PipelineHolder, every: float) -> None:

@@ -14,7 +14,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import aiohttp
 import aiosqlite
@@ -45,12 +44,6 @@ from proxy.store.sqlite import open_db
 from proxy.tasks import BackgroundTasks
 from proxy.upstream.client import UpstreamClient
 
-if TYPE_CHECKING:
-    from proxy.batches.intake import BatchIntake
-    from proxy.pipeline.registry import PipelineHolder
-    from proxy.responses.store import ResponseStore
-    from proxy.threads.runtime import ThreadsRuntime
-
 log = logging.getLogger("proxy")
 
 
@@ -58,9 +51,10 @@ log = logging.getLogger("proxy")
 class Resources:
     """What stages and handlers are built with: one set per worker process.
 
-    `pipeline`, `threads`, `responses` and `batches` are set by `open_resources` once the rest
-    exists (they are built from it). `background` holds work that outlives its request
-    (streams read on after their client left); `kept` the stages' own objects.
+    The services built from them (the pipeline, the threads runtime, the response store,
+    the batch intake) have AppKeys of their own, next to their classes. `background`
+    holds work that outlives its request (streams read on after their client left);
+    `kept` the stages' own objects.
     """
 
     config: Config
@@ -79,10 +73,6 @@ class Resources:
     alerts: AlertSender | None = None
     background: BackgroundTasks = field(default_factory=BackgroundTasks)
     kept: Kept = field(default_factory=Kept)
-    pipeline: PipelineHolder = field(init=False)
-    threads: ThreadsRuntime = field(init=False)
-    responses: ResponseStore = field(init=False)
-    batches: BatchIntake = field(init=False)
 
     def __post_init__(self) -> None:
         self.closing.push_async_callback(self.kept.aclose)
@@ -92,7 +82,7 @@ RESOURCES = web.AppKey("resources", Resources)
 
 
 @contextlib.asynccontextmanager
-async def open_resources(config: Config, rules_path: str) -> AsyncIterator[Resources]:
+async def open_resources(config: Config) -> AsyncIterator[Resources]:
     """Build every resource of the process in order; close them in reverse on exit."""
     async with contextlib.AsyncExitStack() as closing:
         session = aiohttp.ClientSession(
@@ -137,30 +127,11 @@ async def open_resources(config: Config, rules_path: str) -> AsyncIterator[Resou
         )
         if resources.alerts is not None:
             closing.push_async_callback(close_quietly, "alerts", resources.alerts)
-        await _open_services(resources, rules_path)
         # last in, first out: the ledger flushes after abandoned streams wrote their rows,
         # so that the ledger sync ships the last rows as it closes
         closing.push_async_callback(ledger.flush)
         closing.push_async_callback(resources.background.aclose)
         yield resources
-
-
-async def _open_services(resources: Resources, rules_path: str) -> None:
-    """The pipeline, the threads runtime, the response store and the batch intake, built
-    from the rest."""
-    from proxy.batches.intake import BatchIntake
-    from proxy.pipeline.registry import PipelineHolder
-    from proxy.responses.store import ResponseStore
-    from proxy.threads.runtime import ThreadsRuntime
-    from proxy.upstream.terminal import UpstreamTerminal
-
-    resources.pipeline = PipelineHolder(rules_path, resources,
-                                        UpstreamTerminal(resources.upstream))
-    resources.threads = await ThreadsRuntime.open(resources, resources.pipeline)
-    resources.closing.push_async_callback(close_quietly, "threads", resources.threads)
-    resources.responses = ResponseStore(
-        resources.kv, resources.config.storage.responses_ttl_days * 86400.0)
-    resources.batches = BatchIntake(resources)
 
 
 async def _open_tenancy(config: Config, db: aiosqlite.Connection

@@ -23,7 +23,7 @@ from proxy.app import create_app
 from proxy.auth import Tenant
 from proxy.config import Config, hash_key, parse_config
 from proxy.pipeline.core import Context, Reply
-from proxy.pipeline.registry import PipelineHolder
+from proxy.pipeline.registry import PIPELINE, PipelineHolder
 from proxy.resources import RESOURCES, Resources
 from proxy.server import SERVER_OPTIONS
 from proxy.store.ledger import LedgerEntry
@@ -152,7 +152,7 @@ class LiveProxy(BackgroundServers):
     def pipeline(self) -> PipelineHolder:
         """The running proxy's pipeline holder."""
         assert self.app is not None
-        return self.app[RESOURCES].pipeline
+        return self.app[PIPELINE]
 
     def wait_ready(self, timeout: float = 600) -> None:
         """Wait until nothing kept is still loading (the embedder, fitted models), as

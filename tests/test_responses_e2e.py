@@ -14,6 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 from proxy.pipeline.summary import DEFAULT_PROMPT, SUMMARY_INTRO
+from proxy.responses.store import RESPONSES
 from proxy.store.kv import StoreError
 from proxy.testing import LiveProxy
 
@@ -280,7 +281,7 @@ def test_a_failing_store_still_answers(live: LiveProxy) -> None:
     async def broken_put(*args: Any, **kwargs: Any) -> None:
         raise StoreError("sqlite store failed: disk I/O error")
 
-    live.resources.responses.kv = SimpleNamespace(put=broken_put)
+    live.app[RESPONSES].kv = SimpleNamespace(put=broken_put)
     response = live.client().responses.create(model="gpt-4o", input="still there?")
     assert response.output_text == "[gpt-4o] Here is my answer to: still there?"
     assert [row["status"] for row in responses_rows(live)] == [200]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxy.pipeline.registry import PIPELINE
 from proxy.resources import RESOURCES
 
 
@@ -14,7 +15,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     """Readiness: the pipeline is built (models loaded) and the rules are valid."""
-    holder = request.app[RESOURCES].pipeline
+    holder = request.app[PIPELINE]
     loading = request.app[RESOURCES].kept.loading()
     if loading:  # e.g. the embedding model is still loading in its worker thread
         return web.json_response({"status": "loading", "waiting_for": loading}, status=503)

@@ -18,16 +18,15 @@ from aiohttp import web
 from proxy.api.body import read_body
 from proxy.api.passthrough import forward
 from proxy.api.request_keys import tenant_of
-from proxy.batches.intake import CHAT_ENDPOINT, SOURCE, BatchIntake
+from proxy.batches.intake import BATCHES, CHAT_ENDPOINT, SOURCE, BatchIntake
 from proxy.batches.lookup import free_chain
 from proxy.batches.view import file_object
-from proxy.pipeline.core import Context, Reply
-from proxy.pipeline.passthrough_usage import Bill
-from proxy.resources import RESOURCES
+from proxy.pipeline.core import Bill, Context, Reply
+from proxy.pipeline.registry import PIPELINE
 
 
 def _intake(request: web.Request) -> BatchIntake:
-    return request.app[RESOURCES].batches
+    return request.app[BATCHES]
 
 
 def _reply(body: bytes, content_type: str) -> Reply:
@@ -57,7 +56,7 @@ async def create_batch(request: web.Request) -> web.StreamResponse:
     raw = await read_body(request)
     if _endpoint(raw) != CHAT_ENDPOINT:
         return await forward(request, raw)
-    intake, chain = _intake(request), free_chain(request.app[RESOURCES].pipeline.current)
+    intake, chain = _intake(request), free_chain(request.app[PIPELINE].current)
 
     async def send(ctx: Context) -> Reply:
         return _json_reply(ctx, await intake.create(ctx, chain))

@@ -13,6 +13,7 @@ from proxy.batches.defer import refuse_deferral
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.dispatch import dispatch
 from proxy.pipeline.drain import stream_reply
+from proxy.pipeline.registry import PIPELINE
 from proxy.resources import RESOURCES
 
 log = logging.getLogger("proxy.chat")
@@ -49,7 +50,7 @@ def build_context(request: web.Request, raw: bytes) -> Context:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """Answer a chat completion through the pipeline."""
     ctx = build_context(request, await read_body(request))
-    reply = await dispatch(request.app[RESOURCES].pipeline.current, ctx, request.app[RESOURCES])
+    reply = await dispatch(request.app[PIPELINE].current, ctx, request.app[RESOURCES])
     if not reply.is_stream:
         return web.Response(status=reply.status, body=reply.body,
                             headers=reply_headers(ctx, reply),

@@ -13,7 +13,7 @@ from aiohttp import web
 from proxy import tokens
 from proxy.api.body import read_body
 from proxy.api.chat import build_context
-from proxy.resources import RESOURCES
+from proxy.pipeline.registry import PIPELINE
 
 
 async def explain(request: web.Request) -> web.Response:
@@ -24,7 +24,7 @@ async def explain(request: web.Request) -> web.Response:
     tools_before = len(ctx.body.get("tools") or ctx.body.get("functions") or [])
     messages_before = len(ctx.messages)
     # an rpm refusal comes before counting
-    reply = await request.app[RESOURCES].pipeline.current(ctx)
+    reply = await request.app[PIPELINE].current(ctx)
     before = await tokens.count_request_async(as_sent)
     after = await tokens.count_request_async(ctx.body) if reply.stage == "upstream" else 0
     report = {

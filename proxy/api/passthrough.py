@@ -31,6 +31,7 @@ from proxy.errors import NotFound, ProxyError
 from proxy.pipeline.core import Context, Next, Reply
 from proxy.pipeline.passthrough import passthrough_chain
 from proxy.pipeline.passthrough_usage import tap_usage
+from proxy.pipeline.registry import PIPELINE
 from proxy.resources import RESOURCES, Resources
 from proxy.upstream import forward as upstream_forward
 from proxy.upstream.terminal import timed
@@ -91,7 +92,7 @@ async def forward(request: web.Request, body: bytes | None = None,
     try:
         if document is not None and isinstance(document.get("model"), str):
             ctx.tenant.require_model(document["model"])
-        chain = passthrough_chain(request.app[RESOURCES].pipeline.current,
+        chain = passthrough_chain(request.app[PIPELINE].current,
                                   terminal or _terminal(request, upload), embeddings=embeddings)
         reply = await chain(ctx)
     except ProxyError as exc:

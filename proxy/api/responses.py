@@ -25,8 +25,9 @@ from proxy.errors import InvalidRequest, NotFound
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.dispatch import dispatch
 from proxy.pipeline.drain import stream_reply
+from proxy.pipeline.registry import PIPELINE
 from proxy.resources import RESOURCES
-from proxy.responses.store import Chain, ResponseStore, StoredResponse
+from proxy.responses.store import RESPONSES, Chain, ResponseStore, StoredResponse
 from proxy.responses.stream import Event, ResponseEvents, frame
 from proxy.responses.translate import ResponseShell, Turn, translate_request
 from proxy.responses.upstream_state import upstream_need
@@ -40,7 +41,7 @@ SOURCE = "responses"
 
 
 def _store(request: web.Request) -> ResponseStore:
-    return request.app[RESOURCES].responses
+    return request.app[RESPONSES]
 
 
 def _json(obj: Any, request: web.Request, headers: dict[str, str] | None = None
@@ -79,7 +80,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                   headers=request.headers, source=SOURCE)
     ctx.prior_summary = chain.summary
     shell = ResponseShell(model=ctx.requested_model, echo=turn.echo)
-    reply = await dispatch(request.app[RESOURCES].pipeline.current, ctx, request.app[RESOURCES])
+    reply = await dispatch(request.app[PIPELINE].current, ctx, request.app[RESOURCES])
     shell.model = reply.model or shell.model
     saver = _Saver(store, tenant.name, turn, ctx, chain)
     if not reply.ok or not reply.is_stream:

@@ -16,12 +16,11 @@ from aiohttp import web
 from proxy.api.body import read_body
 from proxy.api.request_keys import request_id, tenant_of
 from proxy.api.validate import parse_json_object
-from proxy.resources import RESOURCES
 from proxy.threads import params
 from proxy.threads.events import RunEvents
 from proxy.threads.objects import public
 from proxy.threads.records import not_found
-from proxy.threads.runtime import ThreadsRuntime
+from proxy.threads.runtime import THREADS, ThreadsRuntime
 
 POLL_AFTER_MS = "100"  # `openai-poll-after-ms`: how often the SDK's *_and_poll helpers look
 JsonAction = Callable[[web.Request, ThreadsRuntime, str], Awaitable[dict[str, Any]]]
@@ -43,7 +42,7 @@ def _json(obj: Any, request: web.Request, headers: dict[str, str] | None = None
 def json_handler(action: JsonAction) -> Callable[[web.Request], Awaitable[web.Response]]:
     """A handler answering `action(request, runtime, owner)` as JSON."""
     async def handler(request: web.Request) -> web.Response:
-        runtime = request.app[RESOURCES].threads
+        runtime = request.app[THREADS]
         return _json(await action(request, runtime, tenant_of(request).name), request)
     handler.__doc__ = action.__doc__  # what /openapi.json says of the route
     return handler
@@ -52,7 +51,7 @@ def json_handler(action: JsonAction) -> Callable[[web.Request], Awaitable[web.Re
 def run_handler(action: RunAction) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """A handler answering the run `action` started: JSON, or its event stream."""
     async def handler(request: web.Request) -> web.StreamResponse:
-        runtime = request.app[RESOURCES].threads
+        runtime = request.app[THREADS]
         run, events = await action(request, runtime)
         if events is None:
             return _json(run, request, {"openai-poll-after-ms": POLL_AFTER_MS})

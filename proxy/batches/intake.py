@@ -16,6 +16,8 @@ import secrets
 import time
 from typing import Any
 
+from aiohttp import web
+
 from proxy.accounting import batch_line_entry
 from proxy.api.validate import validate_chat_request
 from proxy.auth import Tenant
@@ -25,8 +27,8 @@ from proxy.batches.store import OUTPUT, BatchRecord, BatchStore
 from proxy.batches.upstream import UpstreamBatches
 from proxy.batches.view import answered_batch, merged_batch
 from proxy.errors import InvalidRequest, ProxyError
-from proxy.pipeline.core import Context, Pipeline
-from proxy.pipeline.passthrough_usage import Bill, bill_for, usage_of
+from proxy.pipeline.core import Bill, Context, Pipeline
+from proxy.pipeline.passthrough_usage import bill_for, usage_of
 from proxy.resources import Resources
 
 CHAT_ENDPOINT = "/v1/chat/completions"
@@ -125,3 +127,6 @@ class BatchIntake:
             upstream_file = upstream.get("output_file_id" if kind == OUTPUT else "error_file_id")
         data = await self.upstream.file_content(upstream_file) if upstream_file else b""
         return merge_output(record.order, record.answered, data) if kind == OUTPUT else data
+
+
+BATCHES = web.AppKey("batches", BatchIntake)

@@ -18,9 +18,8 @@ import orjson
 
 if TYPE_CHECKING:
     from proxy.auth import Tenant
-    from proxy.observe.capture import AnswerCapture
-    from proxy.pipeline.passthrough_usage import Bill
-    from proxy.pipeline.standalone import LastMessage
+    from proxy.pipeline.analysis import LastMessage
+    from proxy.store.bodies import BodyRecord
 
 
 @dataclass(slots=True)
@@ -68,6 +67,29 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+@dataclass(frozen=True, slots=True)
+class Bill:
+    """What one pass-through answer is billed: its tokens priced at its model (a batch at
+    the batch price; its tokens do not count towards tokens per minute)."""
+
+    model: str
+    usage: Usage
+    cost_usd: float
+    batch: bool = False
+
+
+class AnswerKeeper(Protocol):
+    """Keeps a request's answer for its ledger row and body log (observe/capture.py)."""
+
+    def answer(self) -> dict[str, Any] | None:
+        """The complete chat.completion, or None."""
+        ...
+
+    def body_record(self, ctx: Context, ts: float) -> BodyRecord | None:
+        """The body-log row, when bodies are logged and there is an answer."""
+        ...
+
+
 @dataclass(slots=True)
 class Context:
     """Everything known about one request while it travels through the pipeline.
@@ -113,7 +135,7 @@ class Context:
     # x-ratelimit-* headers collected by the limit stages (admission sends them)
     ratelimit_headers: dict[str, str] = field(default_factory=dict)
     # what the answer is captured into for the ledger and body log (dispatch)
-    answer_capture: AnswerCapture | None = None
+    answer_capture: AnswerKeeper | None = None
     # a pass-through answer read whole, and what it is billed (pass-through usage tap)
     passthrough_answer: dict[str, Any] | None = None
     passthrough_bill: Bill | None = None

@@ -18,12 +18,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from proxy.pipeline.core import Chunks, Context, Reply, Usage
+from proxy.pipeline.core import Bill, Chunks, Context, Reply, Usage
 from proxy.pricing import PriceTable
 from proxy.store.limits import LimitStore
 
@@ -34,17 +33,6 @@ TAIL_BYTES = 64 * 1024  # of a larger one (or a stream), only its end is searche
 BATCH_FINISHED = frozenset({"completed", "expired", "cancelled", "failed"})
 BATCH_MARK_SECONDS = 90 * 86_400.0  # batches and their output outlive OpenAI's 30 days
 _DECODER = json.JSONDecoder()
-
-
-@dataclass(frozen=True, slots=True)
-class Bill:
-    """What one pass-through answer is billed: its tokens priced at its model (a batch at
-    the batch price; its tokens do not count towards tokens per minute)."""
-
-    model: str
-    usage: Usage
-    cost_usd: float
-    batch: bool = False
 
 
 def usage_of(value: Any) -> Usage | None:

@@ -15,6 +15,8 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
+
 from proxy.config import ConfigError, RulesDoc, load_rules_doc
 from proxy.pipeline.core import Next, Pipeline, Stage
 from proxy.pipeline.standalone import CONTEXT_RULES, parse_context_rules
@@ -99,3 +101,6 @@ def _mtime(path: str) -> float:
         return os.stat(path).st_mtime_ns
     except FileNotFoundError:
         return -1
+
+
+PIPELINE = web.AppKey("pipeline", PipelineHolder)

@@ -24,6 +24,7 @@ import orjson
 
 from proxy.config import Section
 from proxy.kept import KeptKey
+from proxy.pipeline.analysis import LastMessage
 from proxy.pipeline.cache_control import HEADER, CacheDirectives, unstorable
 from proxy.pipeline.charges import charges_of
 from proxy.pipeline.core import Context, Next, Reply, Usage
@@ -32,7 +33,7 @@ from proxy.pipeline.paraphrase import pair_conflict
 from proxy.pipeline.replies import completion_id, free_reply, when_answered
 from proxy.pipeline.semantic_index import Entry, Scope, SemanticEntries
 from proxy.pipeline.semantic_verify import Judge
-from proxy.pipeline.standalone import LastMessage, MessageAnalyzer, analyzer_of
+from proxy.pipeline.standalone import MessageAnalyzer, analyzer_of
 from proxy.pipeline.text import MAX_ANALYZED_CHARS, content_text
 
 if TYPE_CHECKING:

@@ -35,6 +35,7 @@ from proxy.config import Section
 from proxy.embed import Embedder
 from proxy.kept import KeptKey
 from proxy.learn import LinearModel, Once, calibrate, choose_l2, fit
+from proxy.pipeline.analysis import LastMessage, Verdict
 from proxy.pipeline.core import Context
 from proxy.pipeline.followup import context_dependence, signals
 from proxy.pipeline.paraphrase import clean_text
@@ -55,16 +56,6 @@ class Example:
 
     text: str
     label: str
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """The classifier's answer for one message."""
-
-    label: str
-    score: float
-    standalone: bool
-    why: str
 
 
 CONTEXT_FILES = ("context.jsonl", "context_shared_tune.jsonl")
@@ -184,16 +175,6 @@ class ContextClassifier:
             why = f"{label} (standalone score {p:.2f} < {fitted.threshold:.2f})" + (
                 f"; rules: {rule}" if rule else "")
         return Verdict(label, p, standalone, why)
-
-
-@dataclass(frozen=True, slots=True)
-class LastMessage:
-    """The request's last user message as the learned stages see it."""
-
-    text: str
-    cleaned: str
-    vector: np.ndarray
-    verdict: Verdict
 
 
 class MessageAnalyzer:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 from proxy.store.kv import KVStore
 
@@ -103,3 +104,6 @@ class ResponseStore:
             previous = record.response.get("previous_response_id")
         items = [item for record in reversed(records) for item in record.items]
         return Chain(items, newest.summary)
+
+
+RESPONSES = web.AppKey("responses", ResponseStore)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from proxy.resources import Resources
+    pass
 
 Kind = Literal["assistant", "thread", "message", "run", "step"]
 Order = Literal["asc", "desc"]
@@ -100,17 +100,3 @@ class ThreadStore(Protocol):
     async def holder(self, owner: str, thread_id: str) -> str | None:
         """The run holding the thread's lock, if any."""
         ...
-
-
-async def open_thread_store(resources: Resources) -> ThreadStore:
-    """The store for the configured backend (storage.backend), ready to use."""
-    if resources.config.storage.backend == "redis":
-        from proxy.store.threads_redis import RedisThreadStore
-
-        assert resources.redis is not None
-        return RedisThreadStore(resources.redis, resources.config.storage.redis_prefix)
-    from proxy.store.threads_sqlite import SqliteThreadStore
-
-    store = SqliteThreadStore(resources.db)
-    await store.start()
-    return store

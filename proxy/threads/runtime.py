@@ -12,10 +12,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from aiohttp import web
+
 from proxy.auth import Tenant
 from proxy.pipeline.registry import PipelineHolder
 from proxy.resources import Resources
-from proxy.store.threads_store import ThreadStore, open_thread_store
+from proxy.store.threads_redis import RedisThreadStore
+from proxy.store.threads_sqlite import SqliteThreadStore
+from proxy.store.threads_store import ThreadStore
 from proxy.threads.events import RunEvents
 from proxy.threads.executor import RunTurn
 from proxy.threads.records import Records
@@ -40,7 +44,7 @@ class ThreadsRuntime:
     @classmethod
     async def open(cls, resources: Resources, pipeline: PipelineHolder) -> ThreadsRuntime:
         """The runtime on the configured store."""
-        return cls(resources, pipeline, await open_thread_store(resources))
+        return cls(resources, pipeline, await _open_store(resources))
 
     def start_turn(self, tenant: Tenant, run: dict[str, Any], events: RunEvents | None,
                    request_id: str, headers: Mapping[str, str]) -> None:
@@ -67,3 +71,17 @@ class ThreadsRuntime:
             results = await asyncio.gather(*still, return_exceptions=True)
             if still:
                 log.warning("shutdown cancelled %d running thread run(s)", len(results))
+
+
+
+async def _open_store(resources: Resources) -> ThreadStore:
+    """The thread store for the configured backend (storage.backend), ready to use."""
+    if resources.config.storage.backend == "redis":
+        assert resources.redis is not None
+        return RedisThreadStore(resources.redis, resources.config.storage.redis_prefix)
+    store = SqliteThreadStore(resources.db)
+    await store.start()
+    return store
+
+
+THREADS = web.AppKey("threads", ThreadsRuntime)
