@@ -51,7 +51,7 @@ def start_proxy(tmp: Path, upstream: str, rules: str,
     (tmp / "rules.toml").write_text(rules)
     proc = spawn([sys.executable, "-m", "proxy", "serve", "--config", str(tmp / "config.toml"),
                   "--rules", str(tmp / "rules.toml")])
-    wait_http(f"http://127.0.0.1:{port}/ready", proc=proc)
+    wait_http(f"http://127.0.0.1:{port}/ready", timeout=600, proc=proc)  # models load first
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
