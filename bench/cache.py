@@ -44,6 +44,7 @@ from proxy.store.sqlite import open_db
 from proxy.testing import LiveProxy
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+EXACT_ONLY = 'pipeline = ["exact_cache"]\n'
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -131,13 +132,14 @@ async def _hits_and_misses(live: LiveProxy, stream: bool, requests: int) -> dict
     return {"hit": percentiles(samples[0::2]), "miss": percentiles(samples[1::2])}
 
 
-def exact_through_proxy(requests: int, backend: str) -> dict[str, Any]:
+def exact_through_proxy(requests: int, backend: str,
+                        rules: str = EXACT_ONLY) -> dict[str, Any]:
     """Latency of hits and misses through the live proxy, as JSON and as SSE."""
     prefix = f"bench-{secrets.token_hex(4)}:"
     config = ({"storage": {"backend": "redis", "redis_url": REDIS_URL, "redis_prefix": prefix}}
               if backend == "redis" else None)
     with tempfile.TemporaryDirectory() as tmp, LiveProxy(
-            Path(tmp), rules='pipeline = ["exact_cache"]\n', config=config) as live:
+            Path(tmp), rules=rules, config=config) as live:
         live.fake.record = False
         results = {"json": asyncio.run(_hits_and_misses(live, False, requests)),
                    "sse": asyncio.run(_hits_and_misses(live, True, requests))}

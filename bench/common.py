@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -17,6 +18,22 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("PROXY_SHARED_DATA", ROOT.parent / "shared" / "data"))
+OWN_DATA = ROOT / "bench" / "data"
+# The repository's own stand-in for each file of the shared workload data.
+OWN_STAND_IN = {"paraphrase_dev.jsonl": "heldout_pairs.jsonl",
+                "workload_dev.jsonl": "workload_own.jsonl"}
+
+
+def data_file(name: str) -> Path:
+    """A file of the shared workload data, else the repository's own stand-in in
+    bench/data (said on stderr, so no run passes one set off as the other)."""
+    if (SHARED_DATA / name).exists():
+        return SHARED_DATA / name
+    own = OWN_DATA / OWN_STAND_IN[name]
+    print(f"{SHARED_DATA / name} not found: the shared workload data is absent, using the "
+          f"repository's own {own} instead", file=sys.stderr)
+    return own
 
 
 def free_port() -> int:
@@ -32,29 +49,44 @@ def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
                             stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
 
-def wait_http(url: str, timeout: float = 120.0) -> None:
-    """Block until `url` answers at all (any status)."""
+def wait_http(url: str, timeout: float = 120.0,
+              proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until `url` answers 2xx (a proxy's `/ready` is 503 until its model is
+    loaded); fail at once if `proc` exits first."""
     import urllib.error
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with {proc.returncode}")
         try:
             urllib.request.urlopen(url, timeout=1)
             return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
+        except (urllib.error.HTTPError, OSError):
             time.sleep(0.2)
-    raise RuntimeError(f"{url} never answered")
+    raise RuntimeError(f"{url} never answered 2xx")
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                found += [int(child), *_descendants(int(child))]
+    return found
 
 
 def peak_rss_mb(pid: int) -> float:
-    """Peak resident memory (VmHWM) of a process in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak resident memory (VmHWM) in MB of a process plus its descendants (the
+    workers of `serve --workers N`)."""
+    total = 0.0
+    for one in [pid, *_descendants(pid)]:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{one}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+    return total
 
 
 def fake_upstream(port: int) -> subprocess.Popen[bytes]:

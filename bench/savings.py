@@ -34,16 +34,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import data_file  # noqa: E402  (bench/common.py)
+
 from proxy import tokens  # noqa: E402
 from proxy.observe.stats import is_cheap  # noqa: E402
 from proxy.pipeline.standalone import packaged_rows  # noqa: E402
 from proxy.pricing import PriceTable  # noqa: E402
 from proxy.testing import LiveProxy  # noqa: E402
 
-SHARED_WORKLOAD = ROOT.parent / "shared" / "data" / "workload_dev.jsonl"
-OWN_WORKLOAD = ROOT / "bench" / "data" / "workload_own.jsonl"
-WORKLOAD = Path(os.environ.get("PROXY_WORKLOAD", SHARED_WORKLOAD if SHARED_WORKLOAD.exists()
-                               else OWN_WORKLOAD))
 DEEP_KINDS = {"deep", "pattern_analysis"}
 SYSTEM = ("You are Coach, a warm, concise habit and fitness coach inside a mobile app. "
           "Keep answers short, encouraging and specific. Ask one question at a time. "
@@ -107,13 +105,16 @@ def system_prompt(pad_tokens: int) -> str:
 FREE_STAGES = {"pattern", "exact_cache", "semantic_cache"}
 
 
-def load_events(limit: int | None, heldout: bool = False) -> list[dict[str, Any]]:
+def workload_path() -> Path:
+    """PROXY_WORKLOAD when set, else the shared workload (or the repository's own trace)."""
+    chosen = os.environ.get("PROXY_WORKLOAD")
+    return Path(chosen) if chosen else data_file("workload_dev.jsonl")
+
+
+def load_events(path: Path, limit: int | None, heldout: bool = False) -> list[dict[str, Any]]:
     """The workload's events in time order; with `heldout`, only the users whose messages
     were not shipped as training examples (proxy/data/examples/context_shared_tune.jsonl)."""
-    if WORKLOAD == OWN_WORKLOAD:
-        print(f"{SHARED_WORKLOAD} not found: replaying the repository's own held-out trace "
-              f"{OWN_WORKLOAD} instead", file=sys.stderr)
-    events = [json.loads(line) for line in WORKLOAD.read_text().splitlines() if line.strip()]
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if heldout:
         tuned = {row["user"] for row in packaged_rows() if "user" in row}
         events = [ev for ev in events if ev["user"] not in tuned]
@@ -299,6 +300,24 @@ def summarize(events: list[dict[str, Any]], answers: list[tuple[str, str]],
     }
 
 
+def replay(events: list[dict[str, Any]], rules: str, mode: str = "chat",
+           model: str = "gpt-4o", replicas: int = 1, system_tokens: int = 0) -> dict[str, Any]:
+    """Replay `events` through `replicas` fresh proxies running `rules`; the summary."""
+    system = system_prompt(system_tokens)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        lives = [stack.enter_context(LiveProxy(Path(tmp), rules=rules))
+                 for _ in range(replicas)]
+        start = time.perf_counter()
+        stages = REPLAYS[mode](lives, events, model, system)
+        seconds = time.perf_counter() - start
+        for live in lives[1:]:  # every replica's rows are in the one database
+            live.run(live.resources.ledger.flush())
+        rows = [r for r in lives[0].ledger_rows() if r["source"] in (ROW_SOURCE[mode], "summary")]
+    return {"mode": mode, "model": model, "replicas": replicas,
+            "system_tokens": tokens.count_text(system),
+            **summarize(events, stages, rows, seconds)}
+
+
 def main() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # beta.threads
     parser = argparse.ArgumentParser(description=__doc__,
@@ -320,23 +339,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.replicas > 1 and args.mode != "chat":
         parser.error("--replicas needs --mode chat")
-    events = load_events(args.limit, args.heldout)
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        rules = Path(args.rules).read_text()
-        lives = [stack.enter_context(LiveProxy(Path(tmp), rules=rules))
-                 for _ in range(args.replicas)]
-        start = time.perf_counter()
-        replay = REPLAYS[args.mode]
-        stages = replay(lives, events, args.model, system_prompt(args.system_tokens))
-        seconds = time.perf_counter() - start
-        for live in lives[1:]:  # every replica's rows are in the one database
-            live.run(live.resources.ledger.flush())
-        rows = [r for r in lives[0].ledger_rows()
-                if r["source"] in (ROW_SOURCE[args.mode], "summary")]
-    summary = {"mode": args.mode, "model": args.model, "replicas": args.replicas,
-               "workload": str(WORKLOAD), "heldout_users_only": args.heldout,
-               "system_tokens": tokens.count_text(system_prompt(args.system_tokens)),
-               **summarize(events, stages, rows, seconds)}
+    workload = workload_path()
+    events = load_events(workload, args.limit, args.heldout)
+    summary = {"workload": str(workload), "heldout_users_only": args.heldout,
+               **replay(events, Path(args.rules).read_text(), args.mode, args.model,
+                        args.replicas, args.system_tokens)}
     text = json.dumps(summary, indent=2, ensure_ascii=False)
     print(text)
     if args.out:

@@ -18,13 +18,13 @@ import asyncio
 import collections
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+from common import data_file
 
 from proxy.auth import Tenant
 from proxy.embed import DIMENSIONS, Embedder, embed_dtype, torch_threads
@@ -43,19 +43,7 @@ from proxy.pipeline.standalone import ContextClassifier, MessageAnalyzer, packag
 from proxy.store.kv import SqliteKV
 from proxy.store.sqlite import open_db
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("PROXY_SHARED_DATA", ROOT.parent / "shared" / "data"))
-OWN = {"paraphrase_dev.jsonl": "heldout_pairs.jsonl", "workload_dev.jsonl": "workload_own.jsonl"}
 THRESHOLDS = (0.70, 0.75, 0.80, 0.82, 0.85, 0.88, 0.90, 0.93)
-
-
-def data_file(name: str) -> Path:
-    """A file of ../shared/data, else the repository's own stand-in (said on stderr)."""
-    if (DATA / name).exists():
-        return DATA / name
-    own = ROOT / "bench" / "data" / OWN[name]
-    print(f"{DATA / name} not found: using {own} instead", file=sys.stderr)
-    return own
 
 
 def analysis(embedder: Embedder) -> tuple[MessageAnalyzer, PairModel]:
