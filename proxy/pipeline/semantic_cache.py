@@ -167,7 +167,7 @@ class SemanticCache:
                 else:
                     await self._store(pending, completion, reply.usage)
 
-            if reply.is_stream:
+            if reply.chunks is not None:
                 reply.chunks = tap_stream(reply.chunks, reply, store)
             else:
                 await store(reply.json())
