@@ -6,13 +6,14 @@ Every problem is reported with the file, the table/rule and the field, e.g.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -53,51 +54,88 @@ class Section:
             return value
         raise self.error(f"expected {label}, got {value!r}", key)
 
-    def str(self, key: str, default: str | None = None) -> Any:
+    @overload
+    def str(self, key: builtins.str, default: builtins.str) -> builtins.str: ...
+    @overload
+    def str(self, key: builtins.str, default: None = None) -> builtins.str | None: ...
+    def str(self, key: builtins.str,
+            default: builtins.str | None = None) -> builtins.str | None:
         """A string field."""
-        return self._typed(key, (str,), "a string", default)
+        value: builtins.str | None = self._typed(key, (builtins.str,), "a string", default)
+        return value
 
-    def int(self, key: str, default: int | None = None, minimum: int | None = None) -> Any:
+    @overload
+    def int(self, key: builtins.str, default: builtins.int,
+            minimum: builtins.int | None = None) -> builtins.int: ...
+    @overload
+    def int(self, key: builtins.str, default: None = None,
+            minimum: builtins.int | None = None) -> builtins.int | None: ...
+    def int(self, key: builtins.str, default: builtins.int | None = None,
+            minimum: builtins.int | None = None) -> builtins.int | None:
         """An integer field, optionally bounded below."""
-        value = self._typed(key, (int,), "an integer", default)
+        value: builtins.int | None = self._typed(key, (builtins.int,), "an integer", default)
         if value is not None and minimum is not None and value < minimum:
             raise self.error(f"must be >= {minimum}, got {value}", key)
         return value
 
-    def float(self, key: str, default: float | None = None, minimum: float | None = None) -> Any:
+    @overload
+    def float(self, key: builtins.str, default: builtins.float,
+              minimum: builtins.float | None = None) -> builtins.float: ...
+    @overload
+    def float(self, key: builtins.str, default: None = None,
+              minimum: builtins.float | None = None) -> builtins.float | None: ...
+    def float(self, key: builtins.str, default: builtins.float | None = None,
+              minimum: builtins.float | None = None) -> builtins.float | None:
         """A number field (int or float), optionally bounded below."""
-        value = self._typed(key, (int, float), "a number", default)
+        value: builtins.float | None = self._typed(key, (builtins.int, builtins.float),
+                                                   "a number", default)
         if value is not None and minimum is not None and value < minimum:
             raise self.error(f"must be >= {minimum}, got {value}", key)
-        return None if value is None else float(value)
+        return None if value is None else builtins.float(value)
 
-    def bool(self, key: str, default: bool | None = None) -> Any:
+    @overload
+    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool: ...
+    @overload
+    def bool(self, key: builtins.str, default: None = None) -> builtins.bool | None: ...
+    def bool(self, key: builtins.str,
+             default: builtins.bool | None = None) -> builtins.bool | None:
         """A boolean field."""
-        return self._typed(key, (bool,), "true or false", default)
+        value: builtins.bool | None = self._typed(key, (builtins.bool,), "true or false",
+                                                  default)
+        return value
 
-    def strs(self, key: str, default: tuple[str, ...] | None = None) -> Any:
+    @overload
+    def strs(self, key: builtins.str,
+             default: tuple[builtins.str, ...]) -> tuple[builtins.str, ...]: ...
+    @overload
+    def strs(self, key: builtins.str,
+             default: None = None) -> tuple[builtins.str, ...] | None: ...
+    def strs(self, key: builtins.str, default: tuple[builtins.str, ...] | None = None
+             ) -> tuple[builtins.str, ...] | None:
         """A list of strings, returned as a tuple."""
         value = self.table.get(key, default)
         if value is None:
             return None
-        if isinstance(value, str):
+        if isinstance(value, builtins.str):
             return (value,)
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, builtins.str) for v in value):
             raise self.error(f"expected a list of strings, got {value!r}", key)
         return tuple(value)
 
-    def choice(self, key: str, choices: tuple[str, ...], default: str) -> Any:
+    def choice(self, key: builtins.str, choices: tuple[builtins.str, ...],
+               default: builtins.str) -> builtins.str:
         """A string field restricted to `choices`."""
         value = self.str(key, default)
         if value not in choices:
             raise self.error(f"expected one of {list(choices)}, got {value!r}", key)
         return value
 
-    def sub(self, key: str) -> Section:
+    def sub(self, key: builtins.str) -> Section:
         """A nested table (empty when absent)."""
         return Section(self.table.get(key, {}), self.file, f"{self.where}.{key}".strip("."))
 
-    def subs(self, key: str) -> list[Section]:
+    def subs(self, key: builtins.str) -> list[Section]:
         """An array of tables (`[[key]]`)."""
         items = self.table.get(key, [])
         if not isinstance(items, list):
@@ -106,7 +144,7 @@ class Section:
         return [Section(item, self.file, f"{prefix}.{i}" + _named(item))
                 for i, item in enumerate(items)]
 
-    def reject_unknown(self, known: set[str]) -> None:
+    def reject_unknown(self, known: set[builtins.str]) -> None:
         """Refuse keys this table does not define (catches typos)."""
         unknown = sorted(set(self.table) - known)
         if unknown:
@@ -287,7 +325,7 @@ def _parse_fallbacks(s: Section, upstreams: tuple[UpstreamConfig, ...]) -> dict[
     chains: dict[str, tuple[tuple[str, str], ...]] = {}
     for model in s.table:
         links = []
-        for link in s.strs(model):
+        for link in s.strs(model, ()):
             upstream, sep, target = link.partition(":")
             if not sep or upstream not in names or not target:
                 raise s.error(
@@ -349,13 +387,13 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
     for model in models.table:
         m = models.sub(model)
         m.reject_unknown({"input", "output", "cached_input"})
-        spec = (m.float("input", minimum=0.0), m.float("output", minimum=0.0))
-        if None in spec:
+        given, made = m.float("input", minimum=0.0), m.float("output", minimum=0.0)
+        if given is None or made is None:
             raise m.error("needs both input and output (USD per 1M tokens)")
-        cached = m.float("cached_input", spec[0], minimum=0.0)
-        if cached > spec[0]:
-            raise m.error(f"must be <= input ({spec[0]:g}), got {cached:g}", "cached_input")
-        prices[model] = (*spec, cached)
+        cached = m.float("cached_input", given, minimum=0.0)
+        if cached > given:
+            raise m.error(f"must be <= input ({given:g}), got {cached:g}", "cached_input")
+        prices[model] = (given, made, cached)
     alerts = root.sub("alerts")
     alerts.reject_unknown({"webhook_url", "daily_spend_usd"})
     return Config(

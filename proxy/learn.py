@@ -34,7 +34,8 @@ class LinearModel:
     def scores(self, x: np.ndarray) -> np.ndarray:
         """Class scores of each row of `x` (rows: examples)."""
         xs = (np.atleast_2d(x) - self.mean) / self.scale
-        return xs @ self.weights[:-1] + self.weights[-1]
+        scores: np.ndarray = xs @ self.weights[:-1] + self.weights[-1]
+        return scores
 
 
 def fit(x: np.ndarray, labels: Sequence[str], l2: float = 1.0,

@@ -13,7 +13,7 @@ work sent through the Batch API costs BATCH_PRICE_FACTOR of the list price.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 # (input, output) or (input, output, cached input); without the third, no cache discount.
@@ -84,7 +84,7 @@ class PriceTable:
     ) -> None:
         self._prices = {**DEFAULT_PRICES, **(overrides or {})}
         self._by_length = sorted(self._prices, key=len, reverse=True)
-        self._default = Price(*default, known=False)
+        self._default = replace(Price(*default), known=False)
         self._memo: dict[str, Price] = {}
 
     def price(self, model: str) -> Price:

@@ -72,8 +72,9 @@ class ServerLog(logging.LoggerAdapter[logging.Logger]):
 def _exception_of(exc_info: Any) -> BaseException | None:
     if isinstance(exc_info, BaseException):
         return exc_info
-    if isinstance(exc_info, tuple):
-        return exc_info[1]
+    if isinstance(exc_info, tuple):  # (type, value, traceback)
+        value = exc_info[1]
+        return value if isinstance(value, BaseException) else None
     return sys.exc_info()[1] if exc_info else None
 
 

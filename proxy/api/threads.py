@@ -8,7 +8,7 @@ and answer JSON or the run's assistant event stream.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, overload
 
 import orjson
 from aiohttp import web
@@ -75,8 +75,15 @@ async def _stream(request: web.Request, events: RunEvents) -> web.StreamResponse
     return resp
 
 
-def _ids(request: web.Request, *names: str) -> list[str]:
-    return [request.match_info[name] for name in names]
+@overload
+def _ids(request: web.Request, a: str, /) -> tuple[str]: ...
+@overload
+def _ids(request: web.Request, a: str, b: str, /) -> tuple[str, str]: ...
+@overload
+def _ids(request: web.Request, a: str, b: str, c: str, /) -> tuple[str, str, str]: ...
+def _ids(request: web.Request, *names: str) -> tuple[str, ...]:
+    """The path parameters called `names`, in that order."""
+    return tuple(request.match_info[name] for name in names)
 
 
 # --- assistants, threads, messages -----------------------------------------------------

@@ -137,7 +137,7 @@ def _check_content(content: Any, where: str) -> None:
         if field is None:
             continue
         value = part.get(field)
-        if not isinstance(value, kind) or (kind is dict and field == "image_url"
+        if not isinstance(value, kind) or (isinstance(value, dict) and field == "image_url"
                                            and not isinstance(value.get("url"), str)):
             raise _invalid_value(f"{param}.{field}", label)
 

@@ -26,7 +26,7 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 async def iter_rows(db: aiosqlite.Connection, table: str, window: Window,
-                    columns: str = "*") -> AsyncIterator[tuple[list[str], tuple[Any, ...]]]:
+                    columns: str = "*") -> AsyncIterator[tuple[list[str], aiosqlite.Row]]:
     """(column names, row) for a table's rows in the window, oldest first."""
     where, args = window.where()
     async with db.execute(f"SELECT {columns} FROM {table} WHERE {where} ORDER BY ts",

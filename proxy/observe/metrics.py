@@ -124,7 +124,8 @@ class Metrics:
         self.budget = BudgetCollector(budget_hook)
         if os.environ.get(MULTIPROC_ENV):
             self.output = CollectorRegistry()
-            MultiProcessCollector(self.output)
+            # prometheus_client leaves the collector's __init__ unannotated
+            MultiProcessCollector(self.output)  # type: ignore[no-untyped-call]
         else:
             self.output = self.registry
         self.output.register(self.budget)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TextIO
 
 import orjson
 
@@ -40,11 +41,11 @@ def log_requests(rows: Sequence[LedgerEntry]) -> None:
         log.info(request_line(row))
 
 
-def configure(stream: object = None) -> None:
+def configure(stream: TextIO | None = None) -> None:
     """Send `proxy.requests` lines, bare JSON without a prefix, to stderr (once per process)."""
     if not log.propagate:
         return
-    handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
     log.propagate = False

@@ -50,6 +50,8 @@ _WHEN_FIELDS = {"min_words", "max_words", "min_user_messages", "max_user_message
 class NestedSection(Section):
     """A sub-table whose errors stay located at the rule: `[route.rules.2] when.max_tokens`."""
 
+    prefix: str
+
     def __init__(self, parent: Section, key: str) -> None:
         outer = parent.prefix + "." if isinstance(parent, NestedSection) else ""
         table = parent.table.get(key, {})
@@ -114,7 +116,7 @@ def parse_mode(section: Section) -> RuleMode:
 def parse_named_rules(section: Section, parse_one: Callable[[Section], T | None]) -> list[T]:
     """Parse `[[<stage>.rules]]` whose `name`s must be unique; disabled rules (None) drop out."""
     rules: list[T] = []
-    names: set[str] = set()
+    names: set[str | None] = set()
     for rule_section in section.subs("rules"):
         rule = parse_one(rule_section)
         name = rule_section.str("name")
@@ -268,8 +270,9 @@ def parse_conditions(rule: Section, *, question: bool | None = None) -> Conditio
         "min_messages", "max_messages", "min_tokens", "max_tokens")}
     for low, high in (("min_words", "max_words"), ("min_user_messages", "max_user_messages"),
                       ("min_messages", "max_messages"), ("min_tokens", "max_tokens")):
-        if counts[low] is not None and counts[high] is not None and counts[low] > counts[high]:
-            raise when.error(f"is below {low} ({counts[low]}), so the rule never applies", high)
+        least, most = counts[low], counts[high]
+        if least is not None and most is not None and least > most:
+            raise when.error(f"is below {low} ({least}), so the rule never applies", high)
     fmt = when.strs("response_format")
     opt = when.strs("optimize_for")
     if opt is not None and not set(opt) <= set(OPTIMIZE_FOR):

@@ -141,9 +141,9 @@ def features(text: str) -> TextFeatures:
     return TextFeatures(
         numbers=frozenset(numbers),
         negated=any(w in NEGATIONS for w in words),
-        poles=frozenset(_lookup(_POLE_OF, w) for w in words if _lookup(_POLE_OF, w)),
+        poles=frozenset(pole for w in words if (pole := _lookup(_POLE_OF, w))),
         persons=tuple(dict.fromkeys(persons)),
-        times=frozenset(_lookup(TIME_FRAMES, w) for w in words if _lookup(TIME_FRAMES, w)),
+        times=frozenset(frame for w in words if (frame := _lookup(TIME_FRAMES, w))),
         entities=frozenset(entities),
         focus=frozenset(QUESTION_FOCUS[w] for w in tokens(_QUANTITY_QUESTION.sub(" ", cleaned))
                         if w in QUESTION_FOCUS),

@@ -168,7 +168,7 @@ class SemanticCache:
                 else:
                     await self._store(pending, completion, reply.usage)
 
-            if reply.is_stream:
+            if reply.chunks is not None:
                 when_answered(reply, store)
             else:
                 await store(reply.json())

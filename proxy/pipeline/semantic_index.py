@@ -72,7 +72,7 @@ class Entry:
         vector = np.frombuffer(base64.b64decode(data["vector"]), dtype=np.float32)
         if vector.shape != (DIMENSIONS,):
             raise ValueError(f"stored vector has {vector.size} dimensions, not {DIMENSIONS}")
-        return cls(key, tuple(data["scope"]), data["text"], vector.copy(),  # type: ignore[arg-type]
+        return cls(key, tuple(data["scope"]), data["text"], vector.copy(),
                    data["completion"], data["created"], data["expires"])
 
 

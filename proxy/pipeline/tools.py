@@ -86,7 +86,7 @@ def parse_rules(section: Section) -> ToolRules:
     extra = section.sub("keywords")
     keywords = {}
     for tool in extra.table:
-        stems = frozenset(stem(w) for text in extra.strs(tool) for w in split_words(text))
+        stems = frozenset(stem(w) for text in extra.strs(tool, ()) for w in split_words(text))
         if not stems:
             raise extra.error("expected at least one word", tool)
         keywords[tool] = stems

@@ -48,7 +48,8 @@ _FINAL_EVENTS = {"completed": "response.completed", "incomplete": "response.inco
 
 def frame(event: Event) -> bytes:
     """One SSE frame with the event's type as its `event:` line."""
-    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+    kind: str = event["type"]
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
 class ResponseEvents:

@@ -20,6 +20,7 @@ import orjson
 from redis.asyncio import Redis
 
 from proxy.config import KeyConfig
+from proxy.store.redis_client import text
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS proxy_keys (
@@ -177,7 +178,7 @@ class RedisKeyStore:
     async def by_hash(self, sha256: str) -> KeyConfig | None:
         """The key with this sha256, if issued."""
         name = await self.client.hget(self.hashes, sha256)
-        return await self.by_name(name.decode()) if name else None
+        return await self.by_name(text(name)) if name else None
 
     async def by_name(self, name: str) -> KeyConfig | None:
         """The key called `name`, if issued."""

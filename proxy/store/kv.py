@@ -21,8 +21,8 @@ from __future__ import annotations
 import functools
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import NamedTuple, ParamSpec, Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
 import aiosqlite
 
@@ -151,10 +151,11 @@ class KVStore(Protocol):
 
 def translate_errors(
     backend: str, *kinds: type[BaseException]
-) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
-    """Decorate a store method so the backend's `kinds` of failure leave it as StoreError."""
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
+    """Decorate a store method so the backend's `kinds` of failure leave it as StoreError
+    (the result is a coroutine function, like the `async def` methods of KVStore)."""
 
-    def decorate(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    def decorate(method: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         @functools.wraps(method)
         async def call(*args: P.args, **kwargs: P.kwargs) -> R:
             try:

@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 
 from proxy.config import StorageConfig
 from proxy.store.ledger import LedgerEntry
-from proxy.store.redis_client import fail_fast_client
+from proxy.store.redis_client import fail_fast_client, read_streams
 from proxy.store.sqlite import open_db
 
 log = logging.getLogger("proxy.ledger")
@@ -119,7 +119,7 @@ class LedgerSync:
         try:
             shipped = int(await self._get("shipped_rowid", "0"))
             async with self._db.execute(_SELECT_LOCAL, (shipped, self.batch)) as cur:
-                rows = await cur.fetchall()
+                rows = list(await cur.fetchall())  # aiosqlite types it as an Iterable
             if not rows:
                 return 0
             pipe = self.client.pipeline(transaction=False)
@@ -140,7 +140,7 @@ class LedgerSync:
         assert self._db is not None
         seen = await self._get("seen_id", "0-0")
         answer = await self.client.xread({self.stream: seen}, count=self.batch)
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = answer[0][1] if answer else []
+        entries = read_streams(answer).get(self.stream, [])
         if not entries:
             return 0
         copies = []

@@ -144,11 +144,11 @@ class FailoverLimits:
                 if not ok:
                     self._unsynced.append((key, cost, period, day))
             return settled
-        ok, settled = await self._primary(
+        ok, remote = await self._primary(
             lambda: self.primary.settle(key, token, tokens, cost, period, day))
         if ok:
-            assert settled is not None
-            return settled
+            assert remote is not None
+            return remote
         if cost:
             self._unsynced.append((key, cost, period, day))
         return self.fallback.add_spend(key, cost, period, day)

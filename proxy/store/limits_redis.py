@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+from redis.exceptions import ResponseError
+
 from proxy.periods import Period
 from proxy.store.limits import ALL_KEYS, WINDOW_SECONDS, Ask, Limits, Settled, Verdict, Window
-from proxy.store.redis_mux import RedisMux
+from proxy.store.redis_mux import RedisMux, Reply
 
 _WINDOW_MS = int(WINDOW_SECONDS * 1000)
 _KEEP_SPEND_SECONDS = 35 * 86400  # settled spend stays readable this long after its period
@@ -130,6 +132,13 @@ return {spent, day}
 """
 
 
+def _integers(reply: Reply) -> list[int]:
+    """A limit script's answer: an array of integers."""
+    if not isinstance(reply, list) or not all(isinstance(v, int) for v in reply):
+        raise ResponseError(f"a limit script answered {reply!r}, not an array of integers")
+    return reply
+
+
 def _ttl(period: Period) -> int:
     left = period.seconds_left(time.time())
     return 0 if left is None else int(left) + _KEEP_SPEND_SECONDS
@@ -160,10 +169,10 @@ class RedisLimits:
 
     async def admit(self, key: str, token: str, limits: Limits, lease_seconds: float) -> Verdict:
         """Check rpm and concurrency and, when allowed, count the request (also reads tpm)."""
-        code, used_r, reset_r, used_t, reset_t = await self.mux.evalsha(
+        code, used_r, reset_r, used_t, reset_t = _integers(await self.mux.evalsha(
             self._admit, self._lim(key, "rq", "if", "tk", "tkw", "tks"),
             [token, limits.rpm or 0, limits.max_concurrent or 0, limits.tpm or 0,
-             int(lease_seconds * 1000), _WINDOW_MS])
+             int(lease_seconds * 1000), _WINDOW_MS]))
         requests = Window(limits.rpm, used_r, reset_r / 1000) if limits.rpm else None
         tokens = Window(limits.tpm, used_t, reset_t / 1000) if limits.tpm else None
         if code == 1:
@@ -178,12 +187,12 @@ class RedisLimits:
 
     async def reserve(self, key: str, token: str, ask: Ask) -> Verdict:
         """Check tpm and the budget and, when both fit, hold the tokens and the cost."""
-        code, used_t, reset_t, spent, reserved = await self.mux.evalsha(
+        code, used_t, reset_t, spent, reserved = _integers(await self.mux.evalsha(
             self._reserve, [*self._lim(key, "tk", "tkw", "tks", "rs", "rsw", "rss"),
                             self._spend_key(key, ask.period.name)],
             [token, ask.tokens, ask.tpm or 0, ask.cost,
              -1 if ask.budget is None else ask.budget, int(ask.lease_seconds * 1000),
-             _WINDOW_MS])
+             _WINDOW_MS]))
         tokens = Window(ask.tpm, used_t, reset_t / 1000) if ask.tpm else None
         reason = {1: "tpm", 2: "budget"}.get(code)
         return Verdict(code == 0, reason, None, tokens,
@@ -193,15 +202,16 @@ class RedisLimits:
     async def settle(self, key: str, token: str, tokens: int, cost: int, period: Period,
                      day: Period) -> Settled:
         """Replace the reservation by what was really used (0, 0 releases it)."""
-        spent, day_total = await self.mux.evalsha(
+        spent, day_total = _integers(await self.mux.evalsha(
             self._settle, [*self._lim(key, "tkw", "tks", "rs", "rsw", "rss"),
                            self._spend_key(key, period.name), self._spend_key(ALL_KEYS, day.name)],
-            [token, tokens, cost, _ttl(period), _ttl(day)])
+            [token, tokens, cost, _ttl(period), _ttl(day)]))
         return Settled(spent, day_total)
 
     async def spent(self, key: str, period: str) -> int:
         """Settled spend of a key in a period."""
-        return int(await self.mux.execute("GET", self._spend_key(key, period)) or 0)
+        spent = await self.mux.execute("GET", self._spend_key(key, period))
+        return int(spent) if isinstance(spent, bytes) else 0
 
     async def claim(self, marker: str, ttl_seconds: float) -> bool:
         """True exactly once per marker (until it expires), across processes."""

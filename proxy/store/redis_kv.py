@@ -24,8 +24,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from redis.typing import KeyT, StreamIdT
 
 from proxy.store.kv import FEED_MAX, FEED_PREFIX, Changes, KVUsage, StoreError, translate_errors
+from proxy.store.redis_client import binary, read_streams, text
 
 _BATCH = 500
 # KEYS: value, used, exp, size, bytes, feed; ARGV: key, value, ttl ms (0: none), now (s),
@@ -122,8 +124,8 @@ class RedisKV:
     @_translated
     async def get(self, ns: str, key: str) -> bytes | None:
         """The value, or None when absent or expired."""
-        value: bytes | None = await self.redis.get(self._keys(ns)[0] + key)
-        return value
+        value = await self.redis.get(self._keys(ns)[0] + key)
+        return None if value is None else binary(value)
 
     @_translated
     async def put(self, ns: str, key: str, value: bytes, ttl: float | None = None) -> None:
@@ -150,11 +152,12 @@ class RedisKV:
         values, used, *rest = self._keys(ns)
         removed = 0
         while True:
-            batch: list[bytes] = await self.redis.zrange(used, 0, _BATCH - 1)
+            batch = [text(k) for k in await self.redis.zrange(used, 0, _BATCH - 1)]
             if not batch:
                 break
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.delete(*(values + k.decode() for k in batch)).zrem(used, *batch)
+                pipe.delete(*(values + k for k in batch))
+                pipe.zrem(used, *batch)
                 for k in batch if self._feed_length(ns) else ():
                     pipe.xadd(self._feed(ns), {"op": "delete", "key": k}, maxlen=FEED_MAX,
                               approximate=True)
@@ -169,7 +172,7 @@ class RedisKV:
             cursor = 0
             while True:
                 cursor, pairs = await self.redis.zscan(used, cursor, count=_BATCH)
-                keys = [member.decode() for member, _score in pairs]
+                keys = [text(member) for member, _score in pairs]
                 found: list[Any] = await self.redis.mget([values + k for k in keys]) if keys else []
                 for key, value in zip(keys, found):
                     if value is not None:
@@ -189,7 +192,9 @@ class RedisKV:
         """Entries and value bytes the namespace holds."""
         _, used, _, _, total = self._keys(ns)
         async with self.redis.pipeline(transaction=False) as pipe:
-            entries, size = await pipe.zcard(used).get(total).execute()
+            pipe.zcard(used)
+            pipe.get(total)
+            entries, size = await pipe.execute()
         return KVUsage(int(entries), int(size or 0))
 
     @_translated
@@ -209,7 +214,7 @@ class RedisKV:
         that the cursor names an entry the stream still holds."""
         marker = await self.redis.xadd(self._feed(ns), {"op": "mark", "key": ""},
                                        maxlen=FEED_MAX, approximate=True)
-        return str(marker.decode())
+        return text(marker)
 
     @_translated
     async def changes(self, cursors: Mapping[str, str], limit: int = 1000
@@ -217,9 +222,9 @@ class RedisKV:
         """The changes after each namespace's cursor: one XREAD over all the streams (up
         to `limit` per stream), then, for the streams that moved, whether each still holds
         its cursor's entry (if not, it was trimmed past it: incomplete)."""
-        streams = {self._feed(ns): cursor for ns, cursor in cursors.items()}
-        answer = await self.redis.xread(streams, count=limit) if streams else []
-        moved = {stream.decode(): entries for stream, entries in answer}
+        streams: dict[KeyT, StreamIdT] = {self._feed(ns): cursor
+                                           for ns, cursor in cursors.items()}
+        moved = read_streams(await self.redis.xread(streams, count=limit) if streams else None)
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream in moved:
                 pipe.xrange(stream, min=streams[stream], max=streams[stream], count=1)

@@ -37,6 +37,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 Reply = object
 
 
+def _pack(*args: str | int | bytes) -> bytes:
+    """One command in the Redis wire format."""
+    # hiredis' stub types the command as a 1-tuple and leaves the result unannotated
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
+    return packed
+
+
 class _Protocol(asyncio.Protocol):
     """The wire: batches writes per loop turn and resolves waiters in reply order."""
 
@@ -83,7 +90,9 @@ class _Protocol(asyncio.Protocol):
             future, _ = waiting.popleft()
             if not future.done():
                 if isinstance(reply, hiredis.ReplyError):
-                    future.set_exception(BaseParser.parse_error(str(reply)))
+                    # redis-py's parse_error is unannotated: it returns the exception to raise
+                    error = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
+                    future.set_exception(error)
                 else:
                     future.set_result(reply)
 
@@ -161,9 +170,9 @@ class RedisMux:
                 if self.password is not None:
                     auth = ([self.username, self.password] if self.username
                             else [self.password])
-                    setup.append(wire.send(hiredis.pack_command(("AUTH", *auth))))
+                    setup.append(wire.send(_pack("AUTH", *auth)))
                 if self.db:
-                    setup.append(wire.send(hiredis.pack_command(("SELECT", self.db))))
+                    setup.append(wire.send(_pack("SELECT", self.db)))
                 try:
                     await asyncio.gather(*setup)
                 except BaseException as exc:  # wrong password, bad db: close, then report
@@ -198,7 +207,7 @@ class RedisMux:
         if wire is None or wire.broken is not None:
             self._wire = None
             wire = await self._wire_ready()
-        return await wire.send(hiredis.pack_command(args))
+        return await wire.send(_pack(*args))
 
     def script(self, source: str) -> str:
         """Register a Lua script; returns the sha to pass to `evalsha`."""

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from proxy.store.redis_client import text
 from proxy.store.threads_store import Kind, Page, PageQuery, from_before, make_page
 
 _BATCH = 100
@@ -67,9 +68,9 @@ class RedisThreadStore:
         parent, thread_id = await self.redis.hmget(meta, ["p", "t"])
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._key(owner, "b", kind, obj_id), meta)
-            pipe.zrem(self._key(owner, "l", kind, (parent or b"").decode()), obj_id)
+            pipe.zrem(self._key(owner, "l", kind, text(parent or b"")), obj_id)
             if thread_id:
-                pipe.srem(self._key(owner, "t", thread_id.decode()), f"{kind}:{obj_id}")
+                pipe.srem(self._key(owner, "t", text(thread_id)), f"{kind}:{obj_id}")
             await pipe.execute()
         return True
 
@@ -98,7 +99,7 @@ class RedisThreadStore:
             if not ids:
                 break
             offset += len(ids)
-            bodies = await self.redis.mget([self._key(owner, "b", kind, obj_id.decode())
+            bodies = await self.redis.mget([self._key(owner, "b", kind, text(obj_id))
                                             for obj_id in ids])
             for body in bodies:
                 obj = orjson.loads(body) if body is not None else None
@@ -111,7 +112,7 @@ class RedisThreadStore:
         """Remove a thread with its messages, runs, steps and lock."""
         if not await self.redis.exists(self._key(owner, "b", "thread", thread_id)):
             return False
-        members = [m.decode() for m in await self.redis.smembers(
+        members = [text(m) for m in await self.redis.smembers(
             self._key(owner, "t", thread_id))]
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._key(owner, "b", "thread", thread_id),
@@ -149,4 +150,4 @@ class RedisThreadStore:
     async def holder(self, owner: str, thread_id: str) -> str | None:
         """The run holding the thread's lock, if any."""
         value = await self.redis.get(self._key(owner, "lock", thread_id))
-        return value.decode() if value is not None else None
+        return text(value) if value is not None else None

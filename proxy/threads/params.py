@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from proxy.errors import InvalidRequest
@@ -216,10 +217,11 @@ def assistant_fields(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
     for key in ("name", "description", "instructions", "reasoning_effort"):
         if key in body:
             fields[key] = typed(body, key, str)
-    checks = {"tools": tools, "metadata": metadata, "tool_resources": tool_resources,
-              "response_format": response_format,
-              "temperature": lambda b: bounded(b, "temperature", float, 0, 2),
-              "top_p": lambda b: bounded(b, "top_p", float, 0, 1)}
+    checks: dict[str, Callable[[dict[str, Any]], Any]] = {
+        "tools": tools, "metadata": metadata, "tool_resources": tool_resources,
+        "response_format": response_format,
+        "temperature": lambda b: bounded(b, "temperature", float, 0, 2),
+        "top_p": lambda b: bounded(b, "top_p", float, 0, 1)}
     for key, check in checks.items():
         if key in body:
             fields[key] = check(body)

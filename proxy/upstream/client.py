@@ -46,7 +46,7 @@ def retry_delay(attempt: int, base: float, retry_after: str | None) -> float:
             return max(0.0, float(retry_after))
         except ValueError:
             pass
-    return base * (2 ** (attempt - 1)) * (0.5 + random.random())
+    return base * 2.0 ** (attempt - 1) * (0.5 + random.random())
 
 
 class _Retry(Exception):

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from proxy import tokens
 from proxy.pipeline.replies import completion_to_events, make_completion
@@ -128,7 +129,7 @@ class FakeUpstream:
         return app
 
     @web.middleware
-    async def _note(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _note(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.record and request.path.startswith("/v1/"):
             self.seen.append(SeenRequest(request.method, request.path, request.query_string,
                                          dict(request.headers)))
@@ -220,7 +221,8 @@ def _last_text(messages: list[dict[str, Any]], role: str = "user") -> str:
 
 
 def _wants_tool(body: dict[str, Any]) -> dict[str, Any] | None:
-    tools = [t for t in body.get("tools") or [] if t.get("type") == "function"]
+    tools: list[dict[str, Any]] = [t for t in body.get("tools") or []
+                                   if t.get("type") == "function"]
     if not tools or body["messages"][-1].get("role") == "tool":
         return None
     choice = body.get("tool_choice")
@@ -258,12 +260,12 @@ def answer(body: dict[str, Any], scripted: dict[str, str] | None = None) -> dict
     completion_tokens = 0
     for index in range(int(body.get("n") or 1)):
         if tool:
-            call = {"id": "call_" + secrets.token_hex(8), "type": "function",
-                    "function": {"name": tool["function"]["name"], "arguments": _arguments(tool)}}
+            function = {"name": tool["function"]["name"], "arguments": _arguments(tool)}
+            call = {"id": "call_" + secrets.token_hex(8), "type": "function", "function": function}
             message: dict[str, Any] = {"role": "assistant", "content": None,
                                        "tool_calls": [call], "refusal": None}
             finish = "tool_calls"
-            completion_tokens += tokens.count_text(call["function"]["arguments"]) + 8
+            completion_tokens += tokens.count_text(function["arguments"]) + 8
         else:
             if said is not None:
                 text = said
