@@ -1,11 +1,13 @@
-"""`/v1/batches` over chat completions and the files of those batches, served by the proxy.
+"""`/v1/batches` over chat completions or Responses, and the files of those batches, served
+by the proxy.
 
-A batch created for `/v1/chat/completions` is taken in by the proxy (proxy/batches/):
-its free answers come from the pipeline's pattern and cache stages, only the rest goes
-upstream. Such a batch, and its output and error files, have the proxy's ids and are
-found in the key's own store; every other batch or file id (batches for other endpoints,
-input files, another key's ids) passes through to the upstream unchanged. Each request
-is still one pass-through ledger row, through the pass-through chain (admission, budget).
+A batch created for `/v1/chat/completions` or `/v1/responses` is taken in by the proxy
+(proxy/batches/): its free answers come from the pipeline's pattern and cache stages, only
+the rest goes upstream (routed and stripped, one upstream batch per model). Such a batch,
+and its output and error files, have the proxy's ids and are found in the key's own
+store; every other batch or file id (batches for other endpoints, input files, another
+key's ids) passes through to the upstream unchanged. Each request is still one
+pass-through ledger row, through the pass-through chain (admission, budget).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from aiohttp import web
 from proxy.api.body import read_body
 from proxy.api.passthrough import forward
 from proxy.api.request_keys import tenant_of
-from proxy.batches.intake import CHAT_ENDPOINT, SOURCE, BatchIntake
+from proxy.batches.intake import SOURCE, BatchIntake
+from proxy.batches.kinds import KINDS
 from proxy.batches.lookup import free_chain
 from proxy.batches.view import file_object
 from proxy.pipeline.core import Context, Reply
@@ -52,10 +55,10 @@ def _endpoint(raw: bytes) -> Any:
 
 
 async def create_batch(request: web.Request) -> web.StreamResponse:
-    """`POST /v1/batches`: over chat completions, the lines the proxy can answer are
+    """`POST /v1/batches`: over chat completions or Responses, the lines the proxy can answer are
     answered and only the rest is sent upstream; other endpoints pass through."""
     raw = await read_body(request)
-    if _endpoint(raw) != CHAT_ENDPOINT:
+    if _endpoint(raw) not in KINDS:
         return await forward(request, raw)
     intake, chain = _intake(request), free_chain(request.app[RESOURCES].pipeline.current)
 

@@ -74,6 +74,20 @@ def parse_input(data: bytes, endpoint: str) -> list[InputLine]:
     return lines
 
 
+def with_body(line: InputLine, body: Mapping[str, Any]) -> bytes:
+    """The line re-serialized with a new body (its other fields as the client wrote them)."""
+    return orjson.dumps({**orjson.loads(line.raw), "body": body})
+
+
+def group_by_model(lines: Iterable[tuple[str, bytes]]) -> dict[str, list[bytes]]:
+    """(model, line) pairs grouped by model: one upstream batch per model, the models in
+    the order they first appear and each group's lines in input order."""
+    groups: dict[str, list[bytes]] = {}
+    for model, raw in lines:
+        groups.setdefault(model, []).append(raw)
+    return groups
+
+
 def answered_line(custom_id: str, request_id: str, completion: Mapping[str, Any]
                   ) -> dict[str, Any]:
     """An output line for a request the proxy answered itself."""

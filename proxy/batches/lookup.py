@@ -1,9 +1,12 @@
 """Answer a request from the pipeline's free stages only, never calling upstream.
 
 The stages that can answer by themselves (pattern replies, the exact and the semantic
-cache) are taken from the pipeline in force, in its order, and ended by a terminal that
-answers "not answered": a miss goes no further, and since that answer is not the
-upstream's, no cache stores it. Hits are real hits (counted, refreshed).
+cache) and the stages that shape what goes upstream without calling it (routing, tool
+stripping) are taken from the pipeline in force, in its order, and ended by a terminal
+that answers "not answered": a miss goes no further, and since that answer is not the
+upstream's, no cache stores it. Hits are real hits (counted, refreshed). After a miss the
+request's body is what the upstream is to be sent. Trimming (which may call the
+upstream) and the limit stages (a batch is billed once, at the batch price) are left out.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from proxy.pipeline.core import Context, Pipeline, Reply
 
 FREE_STAGES = frozenset({"patterns", "exact_cache", "semantic_cache"})
+SHAPING_STAGES = frozenset({"route", "tools"})
 NOT_ANSWERED = "batch_upstream"  # the terminal's stage name: the line goes upstream
 
 
@@ -20,8 +24,9 @@ async def _not_answered(ctx: Context) -> Reply:
 
 
 def free_chain(pipeline: Pipeline) -> Pipeline:
-    """The pipeline's free stages, ending where the upstream call would be."""
-    return Pipeline([s for s in pipeline.stages if s.name in FREE_STAGES], _not_answered)
+    """The pipeline's free and shaping stages, ending where the upstream call would be."""
+    wanted = FREE_STAGES | SHAPING_STAGES
+    return Pipeline([s for s in pipeline.stages if s.name in wanted], _not_answered)
 
 
 async def free_answer(chain: Pipeline, ctx: Context) -> Reply | None:
