@@ -47,6 +47,7 @@ from proxy.upstream.client import UpstreamClient
 
 if TYPE_CHECKING:
     from proxy.batches.intake import BatchIntake
+    from proxy.batches.window import DeferredQueue
     from proxy.pipeline.registry import PipelineHolder
     from proxy.responses.store import ResponseStore
     from proxy.threads.runtime import ThreadsRuntime
@@ -58,9 +59,10 @@ log = logging.getLogger("proxy")
 class Resources:
     """What stages and handlers are built with: one set per worker process.
 
-    `pipeline`, `threads`, `responses` and `batches` are set by `open_resources` once the rest
-    exists (they are built from it). `background` holds work that outlives its request
-    (streams read on after their client left); `kept` the stages' own objects.
+    `pipeline`, `threads`, `responses`, `batches` and `deferred` are set by
+    `open_resources` once the rest exists (they are built from it). `background` holds
+    work that outlives its request (streams read on after their client left); `kept` the
+    stages' own objects.
     """
 
     config: Config
@@ -83,6 +85,7 @@ class Resources:
     threads: ThreadsRuntime = field(init=False)
     responses: ResponseStore = field(init=False)
     batches: BatchIntake = field(init=False)
+    deferred: DeferredQueue = field(init=False)
 
     def __post_init__(self) -> None:
         self.closing.push_async_callback(self.kept.aclose)
@@ -146,9 +149,10 @@ async def open_resources(config: Config, rules_path: str) -> AsyncIterator[Resou
 
 
 async def _open_services(resources: Resources, rules_path: str) -> None:
-    """The pipeline, the threads runtime, the response store and the batch intake, built
-    from the rest."""
+    """The pipeline, the threads runtime, the response store, the batch intake and the
+    deferred-request queue, built from the rest."""
     from proxy.batches.intake import BatchIntake
+    from proxy.batches.window import DeferredQueue
     from proxy.pipeline.registry import PipelineHolder
     from proxy.responses.store import ResponseStore
     from proxy.threads.runtime import ThreadsRuntime
@@ -161,6 +165,9 @@ async def _open_services(resources: Resources, rules_path: str) -> None:
     resources.responses = ResponseStore(
         resources.kv, resources.config.storage.responses_ttl_days * 86400.0)
     resources.batches = BatchIntake(resources)
+    resources.deferred = DeferredQueue(resources, resources.batches)
+    resources.deferred.start()
+    resources.closing.push_async_callback(close_quietly, "deferred", resources.deferred)
 
 
 async def _open_tenancy(config: Config, db: aiosqlite.Connection

@@ -18,12 +18,13 @@ import orjson
 from aiohttp import web
 
 from proxy.api.body import read_body
-from proxy.api.passthrough import forward
+from proxy.api.passthrough import forward, run_passthrough
 from proxy.api.request_keys import tenant_of
 from proxy.batches.intake import SOURCE, BatchIntake
 from proxy.batches.kinds import KINDS
 from proxy.batches.lookup import free_chain
 from proxy.batches.view import file_object
+from proxy.errors import NotFound
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.passthrough_usage import Bill
 from proxy.resources import RESOURCES
@@ -121,6 +122,21 @@ async def file_content(request: web.Request) -> web.StreamResponse:
     return await _file(request, content=True)
 
 
+async def retrieve_deferred(request: web.Request) -> web.StreamResponse:
+    """`GET /v1/proxy/deferred/{deferred_id}`: a request deferred with `x-proxy-defer:
+    batch`, its status and, once its batch finished, its output line's response."""
+    queue = request.app[RESOURCES].deferred
+    deferred_id = request.match_info["deferred_id"]
+    record = await queue.store.get(tenant_of(request).name, deferred_id)
+    if record is None:
+        raise NotFound(f"No deferred request found with id '{deferred_id}'.")
+
+    async def send(ctx: Context) -> Reply:
+        return _json_reply(ctx, *await queue.status(ctx, record))
+
+    return await run_passthrough(request, terminal=send)
+
+
 def add_routes(app: web.Application) -> None:
     """Register the batch routes (before the pass-through catch-all)."""
     app.router.add_post("/v1/batches", create_batch)
@@ -128,3 +144,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)
     app.router.add_get("/v1/files/{file_id}", retrieve_file)
     app.router.add_get("/v1/files/{file_id}/content", file_content)
+    app.router.add_get("/v1/proxy/deferred/{deferred_id}", retrieve_deferred)

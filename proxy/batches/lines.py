@@ -101,6 +101,18 @@ def jsonl(lines: Iterable[bytes]) -> bytes:
     return b"".join(line + b"\n" for line in lines)
 
 
+def find_line(data: bytes, custom_id: str) -> dict[str, Any] | None:
+    """The output (or error) line for `custom_id` in a JSONL file, if there is one."""
+    for raw in data.splitlines():
+        try:
+            line = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(line, dict) and line.get("custom_id") == custom_id:
+            return line
+    return None
+
+
 def merge_output(order: list[str], answered: Mapping[str, Any], upstream: bytes) -> bytes:
     """The output file: each custom_id in input order, answered by the proxy or by the
     upstream's output (ids in neither, e.g. failed lines, are left out; upstream lines

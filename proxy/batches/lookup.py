@@ -11,7 +11,7 @@ upstream) and the limit stages (a batch is billed once, at the batch price) are 
 
 from __future__ import annotations
 
-from proxy.pipeline.core import Context, Pipeline, Reply
+from proxy.pipeline.core import Context, Next, Pipeline, Reply
 
 FREE_STAGES = frozenset({"patterns", "exact_cache", "semantic_cache"})
 SHAPING_STAGES = frozenset({"route", "tools"})
@@ -23,10 +23,14 @@ async def _not_answered(ctx: Context) -> Reply:
     return Reply(status=202, stage=NOT_ANSWERED, model=ctx.model)
 
 
+def chain_of(pipeline: Pipeline, names: frozenset[str], terminal: Next) -> Pipeline:
+    """The pipeline's stages called `names`, in its order, ending in `terminal`."""
+    return Pipeline([s for s in pipeline.stages if s.name in names], terminal)
+
+
 def free_chain(pipeline: Pipeline) -> Pipeline:
     """The pipeline's free and shaping stages, ending where the upstream call would be."""
-    wanted = FREE_STAGES | SHAPING_STAGES
-    return Pipeline([s for s in pipeline.stages if s.name in wanted], _not_answered)
+    return chain_of(pipeline, FREE_STAGES | SHAPING_STAGES, _not_answered)
 
 
 async def free_answer(chain: Pipeline, ctx: Context) -> Reply | None:
