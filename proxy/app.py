@@ -26,6 +26,7 @@ from proxy.api import (
 )
 from proxy.api.request_keys import REQUEST_ID, TENANT
 from proxy.batches.intake import BATCHES, BatchIntake
+from proxy.batches.window import DEFERRED_QUEUE, DeferredQueue
 from proxy.config import Config
 from proxy.errors import InvalidRequest, NotFound, ProxyError
 from proxy.kept import close_quietly
@@ -94,14 +95,17 @@ async def _open_services(app: web.Application, resources: Resources,
                          rules_path: str) -> PipelineHolder:
     """The services built from the resources, each under its AppKey: the pipeline, the
     threads runtime (closed first at shutdown: its running turns still record), the
-    response store and the batch intake."""
+    response store, the batch intake and the queue of deferred requests."""
     holder = app[PIPELINE] = PipelineHolder(rules_path, resources,
                                             UpstreamTerminal(resources.upstream))
     threads = app[THREADS] = await ThreadsRuntime.open(resources, holder)
     resources.closing.push_async_callback(close_quietly, "threads", threads)
     app[RESPONSES] = ResponseStore(resources.kv,
                                    resources.config.storage.responses_ttl_days * 86400.0)
-    app[BATCHES] = BatchIntake(resources)
+    intake = app[BATCHES] = BatchIntake(resources)
+    deferred = app[DEFERRED_QUEUE] = DeferredQueue(resources, intake, holder)
+    deferred.start()
+    resources.closing.push_async_callback(close_quietly, "deferred", deferred)
     return holder
 
 

@@ -202,6 +202,7 @@ class KeyConfig:
     max_concurrent: int | None = None
     allowed_models: tuple[str, ...] | None = None
     log_bodies: bool = False
+    defer_batch: bool = False  # may ask `x-proxy-defer: batch`
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +217,14 @@ class StorageConfig:
     redis_timeout: float = 1.0
     ledger_stream_max: int = 100_000  # ledger rows the shared Redis stream keeps
     responses_ttl_days: float = 30.0  # how long stored /v1/responses objects are kept
+
+
+@dataclass(frozen=True, slots=True)
+class BatchesConfig:
+    """`[batches]`: how requests deferred with `x-proxy-defer: batch` are submitted."""
+
+    window_seconds: float = 60.0  # each key's queued requests go out as a batch this often
+    max_lines: int = 1000  # at most this many requests per batch (more: several batches)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +258,7 @@ class Config:
     alerts_daily_usd: tuple[float, ...] = ()
     keys_sync_seconds: float = 2.0
     metrics_public: bool = False
+    batches: BatchesConfig = field(default_factory=BatchesConfig)
 
     def upstream(self, name: str) -> UpstreamConfig:
         """The upstream called `name`."""
@@ -293,7 +303,8 @@ def _parse_upstream(s: Section) -> UpstreamConfig:
 def parse_key(name: str, s: Section) -> KeyConfig:
     """Validate one `[keys.NAME]` table (also used by the admin keys API)."""
     s.reject_unknown({"sha256", "namespace", "budget_usd", "budget_period", "soft_budget_usd",
-                      "rpm", "tpm", "max_concurrent", "allowed_models", "log_bodies"})
+                      "rpm", "tpm", "max_concurrent", "allowed_models", "log_bodies",
+                      "defer_batch"})
     return KeyConfig(
         name=name,
         sha256=_sha256(s, "sha256"),
@@ -306,6 +317,7 @@ def parse_key(name: str, s: Section) -> KeyConfig:
         max_concurrent=s.int("max_concurrent", None, minimum=1),
         allowed_models=s.strs("allowed_models", None),
         log_bodies=s.bool("log_bodies", False),
+        defer_batch=s.bool("defer_batch", False),
     )
 
 
@@ -341,7 +353,7 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
     """Validate a parsed config.toml."""
     root = Section(doc, path, "")
     root.reject_unknown({"server", "upstreams", "fallbacks", "keys", "admin", "storage",
-                         "pricing", "alerts"})
+                         "pricing", "alerts", "batches"})
     srv = root.sub("server")
     srv.reject_unknown({"host", "port", "workers", "max_body_bytes", "body_timeout_seconds",
                         "rules", "rules_poll_seconds", "timezone"})
@@ -410,7 +422,14 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
         alerts_daily_usd=_thresholds(alerts, "daily_spend_usd"),
         keys_sync_seconds=admin.float("keys_sync_seconds", 2.0, minimum=0.05),
         metrics_public=admin.bool("metrics_public", False),
+        batches=_parse_batches(root.sub("batches")),
     )
+
+
+def _parse_batches(s: Section) -> BatchesConfig:
+    s.reject_unknown({"window_seconds", "max_lines"})
+    return BatchesConfig(window_seconds=s.float("window_seconds", 60.0, minimum=0.05),
+                         max_lines=s.int("max_lines", 1000, minimum=1))
 
 
 def _thresholds(s: Section, key: str) -> tuple[float, ...]:

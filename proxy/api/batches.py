@@ -1,11 +1,13 @@
-"""`/v1/batches` over chat completions and the files of those batches, served by the proxy.
+"""`/v1/batches` over chat completions or Responses, and the files of those batches, served
+by the proxy.
 
-A batch created for `/v1/chat/completions` is taken in by the proxy (proxy/batches/):
-its free answers come from the pipeline's pattern and cache stages, only the rest goes
-upstream. Such a batch, and its output and error files, have the proxy's ids and are
-found in the key's own store; every other batch or file id (batches for other endpoints,
-input files, another key's ids) passes through to the upstream unchanged. Each request
-is still one pass-through ledger row, through the pass-through chain (admission, budget).
+A batch created for `/v1/chat/completions` or `/v1/responses` is taken in by the proxy
+(proxy/batches/): its free answers come from the pipeline's pattern and cache stages, only
+the rest goes upstream (routed and stripped, one upstream batch per model). Such a batch,
+and its output and error files, have the proxy's ids and are found in the key's own
+store; every other batch or file id (batches for other endpoints, input files, another
+key's ids) passes through to the upstream unchanged. Each request is still one
+pass-through ledger row, through the pass-through chain (admission, budget).
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import orjson
 from aiohttp import web
 
 from proxy.api.body import read_body
-from proxy.api.passthrough import forward
+from proxy.api.passthrough import forward, run_passthrough
 from proxy.api.request_keys import tenant_of
-from proxy.batches.intake import BATCHES, CHAT_ENDPOINT, SOURCE, BatchIntake
+from proxy.batches.intake import BATCHES, SOURCE, BatchIntake
+from proxy.batches.kinds import KINDS
 from proxy.batches.lookup import free_chain
 from proxy.batches.view import file_object
+from proxy.batches.window import DEFERRED_QUEUE
+from proxy.errors import NotFound
 from proxy.pipeline.core import Bill, Context, Reply
 from proxy.pipeline.registry import PIPELINE
 
@@ -51,10 +56,10 @@ def _endpoint(raw: bytes) -> Any:
 
 
 async def create_batch(request: web.Request) -> web.StreamResponse:
-    """`POST /v1/batches`: over chat completions, the lines the proxy can answer are
+    """`POST /v1/batches`: over chat completions or Responses, the lines the proxy can answer are
     answered and only the rest is sent upstream; other endpoints pass through."""
     raw = await read_body(request)
-    if _endpoint(raw) != CHAT_ENDPOINT:
+    if _endpoint(raw) not in KINDS:
         return await forward(request, raw)
     intake, chain = _intake(request), free_chain(request.app[PIPELINE].current)
 
@@ -117,6 +122,21 @@ async def file_content(request: web.Request) -> web.StreamResponse:
     return await _file(request, content=True)
 
 
+async def retrieve_deferred(request: web.Request) -> web.StreamResponse:
+    """`GET /v1/proxy/deferred/{deferred_id}`: a request deferred with `x-proxy-defer:
+    batch`, its status and, once its batch finished, its output line's response."""
+    queue = request.app[DEFERRED_QUEUE]
+    deferred_id = request.match_info["deferred_id"]
+    record = await queue.store.get(tenant_of(request).name, deferred_id)
+    if record is None:
+        raise NotFound(f"No deferred request found with id '{deferred_id}'.")
+
+    async def send(ctx: Context) -> Reply:
+        return _json_reply(ctx, *await queue.status(ctx, record))
+
+    return await run_passthrough(request, terminal=send)
+
+
 def add_routes(app: web.Application) -> None:
     """Register the batch routes (before the pass-through catch-all)."""
     app.router.add_post("/v1/batches", create_batch)
@@ -124,3 +144,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)
     app.router.add_get("/v1/files/{file_id}", retrieve_file)
     app.router.add_get("/v1/files/{file_id}/content", file_content)
+    app.router.add_get("/v1/proxy/deferred/{deferred_id}", retrieve_deferred)

@@ -9,7 +9,9 @@ from aiohttp import web
 from proxy.api.body import read_body
 from proxy.api.request_keys import request_id, tenant_of
 from proxy.api.validate import parse_json_object, validate_chat_request
-from proxy.batches.defer import refuse_deferral
+from proxy.batches.defer import wants_deferral
+from proxy.batches.kinds import CHAT_ENDPOINT
+from proxy.batches.window import DEFERRED_QUEUE
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.dispatch import dispatch
 from proxy.pipeline.drain import stream_reply
@@ -38,7 +40,6 @@ def reply_headers(ctx: Context, reply: Reply) -> dict[str, str]:
 
 def build_context(request: web.Request, raw: bytes) -> Context:
     """Parse and validate the body into a Context for the requesting tenant."""
-    refuse_deferral(request.headers)
     tenant = tenant_of(request)
     body = parse_json_object(raw)
     validate_chat_request(body)
@@ -48,9 +49,13 @@ def build_context(request: web.Request, raw: bytes) -> Context:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    """Answer a chat completion through the pipeline."""
+    """Answer a chat completion through the pipeline (deferred: answered by a free stage
+    or queued for a batch, see proxy/batches/window.py)."""
     ctx = build_context(request, await read_body(request))
-    reply = await dispatch(request.app[PIPELINE].current, ctx, request.app[RESOURCES])
+    pipeline = request.app[PIPELINE].current
+    if wants_deferral(request.headers, ctx.tenant, ctx.client_body):
+        pipeline = request.app[DEFERRED_QUEUE].chain(pipeline, CHAT_ENDPOINT, ctx.client_body)
+    reply = await dispatch(pipeline, ctx, request.app[RESOURCES])
     if not reply.is_stream:
         return web.Response(status=reply.status, body=reply.body,
                             headers=reply_headers(ctx, reply),

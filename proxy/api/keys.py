@@ -31,7 +31,7 @@ from proxy.store.limits import to_usd
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 POLICY_FIELDS = ("namespace", "budget_usd", "budget_period", "soft_budget_usd", "rpm", "tpm",
-                 "max_concurrent", "allowed_models", "log_bodies")
+                 "max_concurrent", "allowed_models", "log_bodies", "defer_batch")
 
 
 def _admin_services(request: web.Request) -> Resources:

@@ -77,6 +77,13 @@ async def forward(request: web.Request, body: bytes | None = None,
     request itself, still limited, budgeted and recorded as a pass-through)."""
     if _own_path(request.path):
         raise await _not_served(request)
+    return await run_passthrough(request, body, terminal)
+
+
+async def run_passthrough(request: web.Request, body: bytes | None = None,
+                          terminal: Next | None = None) -> web.StreamResponse:
+    """`forward` without the own-path check: also for the proxy's own paths whose answer
+    is billed like a pass-through one (a deferred request's batch)."""
     resources = request.app[RESOURCES]
     is_json = request.content_type == "application/json"
     if body is None and is_json and request.body_exists:

@@ -20,7 +20,9 @@ from proxy.api.chat import reply_headers
 from proxy.api.passthrough import forward
 from proxy.api.request_keys import request_id, tenant_of
 from proxy.api.validate import parse_json_object
-from proxy.batches.defer import refuse_deferral
+from proxy.batches.defer import cannot_defer, wants_deferral
+from proxy.batches.kinds import RESPONSES_ENDPOINT
+from proxy.batches.window import DEFERRED, DEFERRED_QUEUE
 from proxy.errors import InvalidRequest, NotFound
 from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.dispatch import dispatch
@@ -63,15 +65,17 @@ async def _chain(store: ResponseStore, owner: str, body: dict[str, Any]) -> Chai
 
 async def create_response(request: web.Request) -> web.StreamResponse:
     """Answer a Responses request through the pipeline."""
-    refuse_deferral(request.headers)
     raw = await read_body(request)
     body = parse_json_object(raw)
-    if upstream_need(body) is not None:
+    tenant = tenant_of(request)
+    deferred = wants_deferral(request.headers, tenant, body)
+    if (need := upstream_need(body)) is not None:
+        if deferred:
+            raise cannot_defer(f"this request cannot be deferred: {need.reason}.")
         # hosted tools, background, conversations...: the upstream's own state serves it;
         # forwarded as it came (still authenticated, limited, priced and recorded)
         return await forward(request, raw)
     validate_request(body)
-    tenant = tenant_of(request)
     tenant.require_model(body["model"])
     store = _store(request)
     chain = await _chain(store, tenant.name, body)
@@ -80,7 +84,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                   headers=request.headers, source=SOURCE)
     ctx.prior_summary = chain.summary
     shell = ResponseShell(model=ctx.requested_model, echo=turn.echo)
-    reply = await dispatch(request.app[PIPELINE].current, ctx, request.app[RESOURCES])
+    pipeline = request.app[PIPELINE].current
+    if deferred:
+        pipeline = request.app[DEFERRED_QUEUE].chain(pipeline, RESPONSES_ENDPOINT, body)
+    reply = await dispatch(pipeline, ctx, request.app[RESOURCES])
+    if reply.stage == DEFERRED:  # queued: the proxy.deferred object, 202
+        return web.Response(status=reply.status, body=reply.body,
+                            headers=reply_headers(ctx, reply))
     shell.model = reply.model or shell.model
     saver = _Saver(store, tenant.name, turn, ctx, chain)
     if not reply.ok or not reply.is_stream:

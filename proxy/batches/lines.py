@@ -74,6 +74,20 @@ def parse_input(data: bytes, endpoint: str) -> list[InputLine]:
     return lines
 
 
+def with_body(line: InputLine, body: Mapping[str, Any]) -> bytes:
+    """The line re-serialized with a new body (its other fields as the client wrote them)."""
+    return orjson.dumps({**orjson.loads(line.raw), "body": body})
+
+
+def group_by_model(lines: Iterable[tuple[str, bytes]]) -> dict[str, list[bytes]]:
+    """(model, line) pairs grouped by model: one upstream batch per model, the models in
+    the order they first appear and each group's lines in input order."""
+    groups: dict[str, list[bytes]] = {}
+    for model, raw in lines:
+        groups.setdefault(model, []).append(raw)
+    return groups
+
+
 def answered_line(custom_id: str, request_id: str, completion: Mapping[str, Any]
                   ) -> dict[str, Any]:
     """An output line for a request the proxy answered itself."""
@@ -85,6 +99,18 @@ def answered_line(custom_id: str, request_id: str, completion: Mapping[str, Any]
 def jsonl(lines: Iterable[bytes]) -> bytes:
     """Lines joined into a JSONL file (newline-terminated; empty for no lines)."""
     return b"".join(line + b"\n" for line in lines)
+
+
+def find_line(data: bytes, custom_id: str) -> dict[str, Any] | None:
+    """The output (or error) line for `custom_id` in a JSONL file, if there is one."""
+    for raw in data.splitlines():
+        try:
+            line = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(line, dict) and line.get("custom_id") == custom_id:
+            return line
+    return None
 
 
 def merge_output(order: list[str], answered: Mapping[str, Any], upstream: bytes) -> bytes:

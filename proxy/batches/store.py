@@ -1,5 +1,6 @@
-"""Each key's batches in the KV store: the proxy's batch id mapped to the upstream batch
-and the lines the proxy answered itself, and the proxy's output file ids to their batch.
+"""Each key's batches in the KV store: the proxy's batch id mapped to its upstream batches
+(one per model the lines were routed to) and the lines the proxy answered itself, and the
+proxy's output file ids to their batch.
 
 One namespace per key name (`batches:<key>`): another key's ids read as missing.
 Entries live BATCH_MARK_SECONDS (longer than OpenAI keeps batches and their files).
@@ -38,7 +39,8 @@ class BatchRecord:
     model: str
     order: list[str]  # every custom_id, in input order
     answered: dict[str, dict[str, Any]]  # custom_id -> output line, for the free answers
-    upstream_id: str | None = None  # None: every line was answered, no upstream batch
+    # one upstream batch per model; none when every line was answered
+    upstream_ids: list[str] = field(default_factory=list)
     output_file_id: str = field(default_factory=new_file_id)
     error_file_id: str = field(default_factory=new_file_id)
 
@@ -69,7 +71,13 @@ class BatchStore:
     async def batch(self, owner: str, batch_id: str) -> BatchRecord | None:
         """The key's batch, or None (unknown, expired or another key's)."""
         value = await self.kv.get(NAMESPACE + owner, "batch:" + batch_id)
-        return BatchRecord(**orjson.loads(value)) if value is not None else None
+        if value is None:
+            return None
+        fields = orjson.loads(value)
+        if "upstream_id" in fields:  # kept before batches could have several upstream parts
+            single = fields.pop("upstream_id")
+            fields["upstream_ids"] = [single] if single else []
+        return BatchRecord(**fields)
 
     async def file(self, owner: str, file_id: str) -> FileRecord | None:
         """The key's proxy-served file, or None."""

@@ -1,8 +1,9 @@
 """The batch and file objects the client sees for a batch the proxy took in.
 
-A batch with an upstream part shows the upstream batch as it is now under the proxy's
-ids, its request counts over every line (the proxy's answers count as completed). A
-batch the proxy answered whole is `completed` from the start, with zero usage.
+A batch with upstream parts (one upstream batch per model) shows them combined, as they
+are now, under the proxy's ids: one status, request counts over every line (the proxy's
+answers count as completed) and the usage of all parts. A batch the proxy answered
+whole is `completed` from the start, with zero usage.
 """
 
 from __future__ import annotations
@@ -13,6 +14,44 @@ from proxy.batches.store import OUTPUT, BatchRecord
 from proxy.pipeline.passthrough_usage import BATCH_FINISHED
 
 DAY_SECONDS = 86_400
+UNFINISHED_ORDER = ("validating", "in_progress", "finalizing")  # a combined batch is as far
+FINISHED_ORDER = ("completed", "cancelled", "expired", "failed")  # as its slowest part
+COUNTS = ("total", "completed", "failed")
+USAGE = ("input_tokens", "output_tokens", "total_tokens")
+
+
+def combined_status(statuses: list[str]) -> str:
+    """One status for several upstream batches: `cancelling` while any part is; else the
+    least advanced unfinished part's; once all finished, `completed` if any part completed."""
+    unfinished = [s for s in statuses if s not in BATCH_FINISHED]
+    if "cancelling" in unfinished:
+        return "cancelling"
+    order = UNFINISHED_ORDER if unfinished else FINISHED_ORDER
+    known = [s for s in (unfinished or statuses) if s in order]
+    return min(known, key=order.index) if known else statuses[0]
+
+
+def _sum(parts: list[dict[str, Any]], key: str, fields: tuple[str, ...]) -> dict[str, int] | None:
+    found = [p[key] for p in parts if isinstance(p.get(key), dict)]
+    if not found:
+        return None
+    return {f: sum(int(part.get(f) or 0) for part in found) for f in fields}
+
+
+def combined_upstream(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several upstream batch objects as one (the first one's other fields): combined
+    status, summed request counts and usage, a file id when any part has that file."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    usage = _sum(parts, "usage", USAGE)
+    return {**first, "status": combined_status([str(p.get("status")) for p in parts]),
+            "request_counts": _sum(parts, "request_counts", COUNTS),
+            "usage": {**(first.get("usage") or {}), **usage} if usage else None,
+            "output_file_id": next((p["output_file_id"] for p in parts
+                                    if p.get("output_file_id")), None),
+            "error_file_id": next((p["error_file_id"] for p in parts
+                                   if p.get("error_file_id")), None)}
 
 
 def _counts(record: BatchRecord, upstream: dict[str, Any] | None) -> dict[str, int]:

@@ -122,6 +122,18 @@ async def bill_for(ctx: Context, document: Mapping[str, Any] | None, usage: Usag
                                                 usage.completion_tokens), batch=True)
 
 
+def total_bill(bills: list[Bill | None]) -> Bill | None:
+    """Several bills as one (the first one's model), e.g. the parts of one batch."""
+    found = [bill for bill in bills if bill is not None]
+    if len(found) <= 1:
+        return found[0] if found else None
+    usage = Usage(sum(b.usage.prompt_tokens for b in found),
+                  sum(b.usage.completion_tokens for b in found),
+                  sum(b.usage.cached_tokens for b in found))
+    return Bill(found[0].model, usage, sum(b.cost_usd for b in found),
+                batch=any(b.batch for b in found))
+
+
 def tap_usage(ctx: Context, reply: Reply, prices: PriceTable, limits: LimitStore) -> None:
     """Read the streaming answer's usage as it passes (JSON and SSE answers only)."""
     content_type = next((v for k, v in reply.headers.items() if k.lower() == "content-type"), "")

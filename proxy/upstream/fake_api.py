@@ -3,9 +3,10 @@
 Embeddings (deterministic unit vectors from a hash of model and input; floats or
 base64 float32; usage counted with tiktoken), moderations (flags a few words),
 files (multipart upload read as a stream, list, retrieve, content, delete), batches
-(created over an uploaded JSONL file of chat requests; the create answer says
-`validating`, and the batch is `completed` from the first retrieve on, with an
-output file of chat completions and the usage of all of them), audio speech
+(created over an uploaded JSONL file of chat or Responses requests; the create answer
+says `validating`, and the batch is `completed` from the first retrieve on, with an
+output file of chat completions or Responses and the usage of all of them; a cancelled
+batch reads `cancelled`), audio speech
 (streamed in pieces; it can be paused after the first piece, or cut), audio
 transcriptions (multipart), non-streamed responses (for requests with hosted tools the
 proxy forwards), and OpenAI's 404 `Invalid URL` for any other path.
@@ -25,6 +26,8 @@ import orjson
 from aiohttp import BodyPartReader, web
 
 from proxy import tokens
+from proxy.pipeline.core import Usage
+from proxy.pipeline.passthrough_usage import usage_of
 
 if TYPE_CHECKING:
     from proxy.upstream.fake import FakeUpstream
@@ -60,6 +63,24 @@ def speech_pieces(text: str) -> list[bytes]:
     return [f"FAKEAUDIO[{i}]{text}".encode() * 64 for i in range(SPEECH_PIECES)]
 
 
+def fake_response(body: dict[str, Any]) -> dict[str, Any]:
+    """The fake's Response object for a Responses request (its text names the model)."""
+    model = str(body.get("model") or "")
+    text = f"(fake {model} response with hosted tools)"
+    used = tokens.count_text(orjson.dumps(body.get("input")).decode(), model)
+    out = tokens.count_text(text, model)
+    return {
+        "id": "resp_" + secrets.token_hex(8), "object": "response",
+        "created_at": int(time.time()), "status": "completed", "model": model,
+        "output": [{"type": "message", "id": "msg_" + secrets.token_hex(8),
+                    "role": "assistant", "status": "completed",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "usage": {"input_tokens": used, "output_tokens": out, "total_tokens": used + out,
+                  "input_tokens_details": {"cached_tokens": 0},
+                  "output_tokens_details": {"reasoning_tokens": 0}},
+        "parallel_tool_calls": True, "tool_choice": "auto", "tools": body.get("tools", [])}
+
+
 class FakeAPI:
     """Handlers over the fake's state (its files and batches live on the FakeUpstream)."""
 
@@ -78,6 +99,7 @@ class FakeAPI:
         app.router.add_post("/v1/batches", self.create_batch)
         app.router.add_get("/v1/batches", self.list_batches)
         app.router.add_get("/v1/batches/{id}", self.retrieve_batch)
+        app.router.add_post("/v1/batches/{id}/cancel", self.cancel_batch)
         app.router.add_post("/v1/audio/speech", self.speech)
         app.router.add_post("/v1/audio/transcriptions", self.transcription)
         app.router.add_post("/v1/responses", self.responses)
@@ -115,23 +137,7 @@ class FakeAPI:
     async def responses(self, request: web.Request) -> web.Response:
         """`POST /v1/responses` (non-streamed): what the proxy forwards when a request needs
         the upstream's own state (hosted tools, background, conversations)."""
-        body = orjson.loads(await request.read())
-        model = str(body.get("model") or "")
-        text = f"(fake {model} response with hosted tools)"
-        used = tokens.count_text(orjson.dumps(body.get("input")).decode(), model)
-        out = tokens.count_text(text, model)
-        return web.json_response({
-            "id": "resp_" + secrets.token_hex(8), "object": "response",
-            "created_at": int(time.time()), "status": "completed", "model": model,
-            "output": [{"type": "message", "id": "msg_" + secrets.token_hex(8),
-                        "role": "assistant", "status": "completed",
-                        "content": [{"type": "output_text", "text": text,
-                                     "annotations": []}]}],
-            "usage": {"input_tokens": used, "output_tokens": out,
-                      "total_tokens": used + out,
-                      "input_tokens_details": {"cached_tokens": 0},
-                      "output_tokens_details": {"reasoning_tokens": 0}},
-            "parallel_tool_calls": True, "tool_choice": "auto", "tools": body.get("tools", [])})
+        return web.json_response(fake_response(orjson.loads(await request.read())))
 
     async def moderations(self, request: web.Request) -> web.Response:
         """`POST /v1/moderations`."""
@@ -219,10 +225,12 @@ class FakeAPI:
             if not raw.strip():
                 continue
             line = orjson.loads(raw)
-            completion = self.fake.complete(line["body"])
+            completion = (fake_response(line["body"]) if body.get("endpoint") == "/v1/responses"
+                          else self.fake.complete(line["body"]))
             model = model or completion["model"]
-            used_in += completion["usage"]["prompt_tokens"]
-            used_out += completion["usage"]["completion_tokens"]
+            usage = usage_of(completion["usage"]) or Usage()
+            used_in += usage.prompt_tokens
+            used_out += usage.completion_tokens
             lines.append(orjson.dumps({
                 "id": "batch_req_" + secrets.token_hex(8), "custom_id": line.get("custom_id"),
                 "response": {"status_code": 200, "request_id": "req_" + secrets.token_hex(8),
@@ -261,6 +269,16 @@ class FakeAPI:
         if batch is None:
             return openai_error(404, f"No batch found with id '{request.match_info['id']}'.",
                                 "batch_id")
+        return web.json_response(batch)
+
+    async def cancel_batch(self, request: web.Request) -> web.Response:
+        """`POST /v1/batches/{id}/cancel`: the batch reads `cancelled` from now on."""
+        batch = self.fake.batches.get(request.match_info["id"])
+        if batch is None:
+            return openai_error(404, f"No batch found with id '{request.match_info['id']}'.",
+                                "batch_id")
+        batch.update(status="cancelled", cancelling_at=int(time.time()),
+                     cancelled_at=int(time.time()))
         return web.json_response(batch)
 
     # --- audio --------------------------------------------------------------------------
