@@ -44,7 +44,9 @@ from proxy.store.sqlite import open_db
 from proxy.testing import LiveProxy
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-EXACT_ONLY = 'pipeline = ["exact_cache"]\n'
+# share = "all": this measures the lookup path; with the default "standalone" a request
+# that names no user is stored only when classified standalone (see README, Caches)
+EXACT_ONLY = 'pipeline = ["exact_cache"]\n\n[exact_cache]\nshare = "all"\n'
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:

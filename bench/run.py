@@ -63,7 +63,7 @@ FULL = Sizes({1: 2000, 32: 4000, 128: 4000}, 10_000, 2_000, 300, None, ("auto", 
 QUICK = Sizes({1: 300, 32: 600, 128: 600}, 1_000, 200, 50, 150, ("auto",))
 SMOKE = Sizes({1: 20, 32: 40, 128: 130}, 50, 20, 5, 10, ("auto",), model_free=True)
 # An exact cache that shares every answer needs no standalone classifier (no model).
-MODEL_FREE_RULES = 'pipeline = ["exact_cache"]\n[exact_cache]\nshare = "all"\n'
+MODEL_FREE_RULES = cache.EXACT_ONLY  # exact cache only, shared: no embedding model loads
 
 
 def find_litellm() -> str | None:
@@ -107,7 +107,7 @@ def run_cache(sizes: Sizes, step: Step) -> dict[str, Any]:
               "lookup": asyncio.run(cache.exact_lookups(sizes.cache_entries,
                                                         sizes.cache_lookups))}
     step("cache lookup")
-    rules = MODEL_FREE_RULES if sizes.model_free else cache.EXACT_ONLY
+    rules = cache.EXACT_ONLY
     for backend in ("sqlite", "redis"):
         result[f"proxy_{backend}"] = cache.exact_through_proxy(sizes.cache_requests, backend,
                                                                rules)

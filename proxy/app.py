@@ -112,7 +112,7 @@ async def _open_services(app: web.Application, resources: Resources,
 async def _watch_rules(holder: PipelineHolder, every: float) -> None:
     while True:
         await asyncio.sleep(every)
-        holder.reload_if_changed()
+        await holder.reload_when_ready()
 
 
 def create_app(config: Config, rules_path: str | None = None) -> web.Application:

@@ -3,13 +3,17 @@ a live reload applies good edits and refuses broken ones."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from proxy.config import ConfigError, parse_rules_doc
+from proxy.embed import Embedder
 from proxy.pipeline.registry import parse_stage_rules
+from proxy.pipeline.standalone import EMBEDDER
 from proxy.testing import LiveProxy
 
 HELLO = '''
@@ -123,3 +127,28 @@ def test_reload_applies_a_good_edit_and_refuses_a_broken_one(tmp_path: Path) -> 
         assert client.chat.completions.create(model="gpt-4o", messages=messages
                                               ).choices[0].message.content == "second"
         assert len(live.fake.received) == 0
+
+
+def test_a_reload_goes_in_force_once_what_it_loads_is_ready(tmp_path: Path) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    with LiveProxy(tmp_path, rules=RELOAD_RULES.replace("REPLY", "first")) as live:
+        client = live.client()
+        # an embedder that never loads stands for a model the new rules are still fitting
+        live.resources.kept.replace(EMBEDDER, Embedder())
+        live.rules_path.write_text(RELOAD_RULES.replace("REPLY", "second"))
+        os.utime(live.rules_path, ns=(1, 1))  # a changed mtime, whatever the clock's grain
+        reload = asyncio.run_coroutine_threadsafe(live.pipeline.reload_when_ready(), live.loop)
+        # the reload is built but waits: requests meanwhile get the last pipeline's answer
+        assert client.chat.completions.create(model="gpt-4o", messages=messages
+                                              ).choices[0].message.content == "first"
+        assert not reload.done()
+        live.resources.kept.replace(EMBEDDER, _Ready())
+        assert reload.result(timeout=30) is True
+        assert client.chat.completions.create(model="gpt-4o", messages=messages
+                                              ).choices[0].message.content == "second"
+
+
+class _Ready:
+    """A kept object that has finished loading."""
+
+    ready = True

@@ -8,6 +8,7 @@ every stage accepted its rules; otherwise the last good pipeline stays.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import logging
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from proxy.resources import Resources
 
 log = logging.getLogger("proxy.rules")
+READY_PATIENCE_SECONDS = 600.0  # longest a reload waits for its models before going in force
 
 STAGE_MODULES: dict[str, str] = {
     "patterns": "proxy.pipeline.patterns",
@@ -80,20 +82,42 @@ class PipelineHolder:
 
     def reload_if_changed(self) -> bool:
         """Rebuild from the file if its mtime changed; True when a new pipeline is in force."""
+        built = self._rebuild_if_changed()
+        if built is not None:
+            self._swap(*built)
+        return built is not None
+
+    async def reload_when_ready(self, patience: float = READY_PATIENCE_SECONDS) -> bool:
+        """As `reload_if_changed`, but the new pipeline goes in force only once everything
+        it loads is ready (a classifier refitted for new `[context]` rules, a pair model
+        for new calibration targets), waiting at most `patience` seconds: requests
+        meanwhile are served by the last pipeline, which keeps its own fitted models."""
+        built = self._rebuild_if_changed()
+        if built is None:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        while self.resources.kept.loading() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        self._swap(*built)
+        return True
+
+    def _rebuild_if_changed(self) -> tuple[RulesDoc, Pipeline] | None:
         mtime = _mtime(self.path)
         if mtime == self._mtime:
-            return False
+            return None
         self._mtime = mtime
         try:
             doc = load_rules_doc(self.path)
-            pipeline = Pipeline(build_stages(doc, self.resources), self.terminal)
+            return doc, Pipeline(build_stages(doc, self.resources), self.terminal)
         except ConfigError as exc:
             self.last_error = str(exc)
             log.error("rules reload refused, last good rules stay in force: %s", exc)
-            return False
+            return None
+
+    def _swap(self, doc: RulesDoc, pipeline: Pipeline) -> None:
         self.doc, self.current, self.last_error = doc, pipeline, None
         log.info("rules reloaded from %s: %s", self.path, " -> ".join(pipeline.names))
-        return True
 
 
 def _mtime(path: str) -> float:
