@@ -49,6 +49,10 @@ def retry_delay(attempt: int, base: float, retry_after: str | None) -> float:
     return base * (2 ** (attempt - 1)) * (0.5 + random.random())
 
 
+class _MalformedEvent(ValueError):
+    """The upstream sent a stream event the proxy must read (usage) that is not JSON."""
+
+
 class _Retry(Exception):
     """An attempt failed in a way worth retrying; carries the failure to report."""
 
@@ -185,7 +189,7 @@ class UpstreamClient:
         if resp.status in RETRYABLE_STATUS:
             raise _Retry(reply, None, resp.headers.get("Retry-After"))
         if reply.ok:
-            reply.usage = Usage.from_openai(_usage_of(reply))
+            reply.usage = Usage.from_openai(_usage_of(reply, upstream))
         return reply
 
     async def _relay(
@@ -221,6 +225,8 @@ class UpstreamClient:
                     yield ready
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             reply.error = f"upstream stream broke off: {type(exc).__name__}"
+        except _MalformedEvent as exc:
+            reply.error = str(exc)
         finally:
             resp.close()
             if reply.usage is None:
@@ -243,7 +249,12 @@ class UpstreamClient:
             if data.strip() == b"[DONE]":
                 reply.completed = True
             elif _USAGE.search(data):
-                chunk = orjson.loads(data)
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    chunk = None
+                if not isinstance(chunk, dict):
+                    raise _MalformedEvent("upstream sent a malformed stream event")
                 reply.usage = Usage.from_openai(chunk.get("usage"))
                 if not keep_usage and not chunk.get("choices"):
                     continue
@@ -272,12 +283,19 @@ def credentials_refused(upstream: UpstreamConfig, status: int) -> UpstreamError:
                          "the proxy operator has been told", code="upstream_auth_error")
 
 
-def _usage_of(reply: Reply) -> Mapping[str, Any] | None:
+def _usage_of(reply: Reply, upstream: UpstreamConfig) -> Mapping[str, Any] | None:
+    """The usage of a successful non-streamed answer; an answer that is not a JSON object
+    is an upstream failure (502), never passed on as a success."""
     try:
         parsed = reply.json()
     except orjson.JSONDecodeError:
-        return None
-    return parsed.get("usage") if isinstance(parsed, dict) else None
+        parsed = None
+    if not isinstance(parsed, dict):
+        log.warning("upstream %s answered %d with a body that is not a JSON object",
+                    upstream.name, reply.status)
+        raise UpstreamError(f"upstream {upstream.name!r} answered with malformed JSON",
+                            code="upstream_bad_response")
+    return parsed.get("usage") if isinstance(parsed.get("usage"), dict) else None
 
 
 async def fetch_models(client: UpstreamClient) -> list[dict[str, Any]]:
