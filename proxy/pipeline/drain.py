@@ -92,7 +92,8 @@ async def stream_reply(services: Services, ctx: Context, reply: Reply,
     try:
         await send()
     except ConnectionResetError:
-        if reply.error is None:
+        # SDKs hang up as soon as they read [DONE]: a stream that came whole keeps its status
+        if reply.error is None and not reply.completed:
             # the client went away, the upstream did not: read it on (behind) so it is billed
             services.background.start(finish_abandoned(services, ctx, reply), name="drain")
             handed_off = True

@@ -49,10 +49,6 @@ def retry_delay(attempt: int, base: float, retry_after: str | None) -> float:
     return base * (2 ** (attempt - 1)) * (0.5 + random.random())
 
 
-class _MalformedEvent(ValueError):
-    """The upstream sent a stream event the proxy must read (usage) that is not JSON."""
-
-
 class _Retry(Exception):
     """An attempt failed in a way worth retrying; carries the failure to report."""
 
@@ -186,6 +182,8 @@ class UpstreamClient:
         if resp.status >= 400:
             headers.update((h, resp.headers[h]) for h in _PASS_ON_ERROR if h in resp.headers)
         reply = Reply(status=resp.status, body=data, headers=headers)
+        if resp.status >= 400:  # the ledger row says why (never the body: it may quote a key)
+            reply.error = f"upstream {upstream.name!r} answered {resp.status}"
         if resp.status in RETRYABLE_STATUS:
             raise _Retry(reply, None, resp.headers.get("Retry-After"))
         if reply.ok:
@@ -218,15 +216,15 @@ class UpstreamClient:
                 if ready:
                     meter.feed(ready)
                     yield ready
-            if buffer.strip():  # a last event without its blank line
+                if reply.error:  # a malformed event: nothing after it is passed on
+                    break
+            if buffer.strip() and not reply.error:  # a last event without its blank line
                 ready = self._inspect(buffer + b"\n\n", reply, keep_usage)
                 if ready:
                     meter.feed(ready)
                     yield ready
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             reply.error = f"upstream stream broke off: {type(exc).__name__}"
-        except _MalformedEvent as exc:
-            reply.error = str(exc)
         finally:
             resp.close()
             if reply.usage is None:
@@ -242,6 +240,8 @@ class UpstreamClient:
 
     @staticmethod
     def _inspect(ready: bytes, reply: Reply, keep_usage: bool) -> bytes:
+        """The events of `ready` to pass on, noting [DONE] and usage on the way; a usage
+        event that is not a JSON object sets `reply.error`, and it and the rest are dropped."""
         events, _ = split_events(ready + b"\n\n")
         kept = []
         for raw in events:
@@ -254,7 +254,8 @@ class UpstreamClient:
                 except orjson.JSONDecodeError:
                     chunk = None
                 if not isinstance(chunk, dict):
-                    raise _MalformedEvent("upstream sent a malformed stream event")
+                    reply.error = "upstream sent a malformed stream event"
+                    break
                 reply.usage = Usage.from_openai(chunk.get("usage"))
                 if not keep_usage and not chunk.get("choices"):
                     continue
