@@ -82,10 +82,11 @@ def assert_settled(live: LiveProxy, requests: int) -> list[dict[str, Any]]:
     return rows
 
 
-def assert_released_and_uncached(live: LiveProxy, requests: int) -> None:
+def assert_released_and_uncached(live: LiveProxy, requests: int,
+                                 served_by: str = "upstream") -> None:
     """After a failed request: the next one is admitted (slot and reservation released)
-    and answered by the upstream, not from a cache entry of the failure."""
+    and answered by `served_by` (the upstream: nothing was cached from the failure)."""
     assert spent_usd(live) < reservation_usd()  # so a second reservation fits: if released
     assert ask(live)
     rows = assert_settled(live, requests + 1)
-    assert rows[-1]["status"] == 200 and rows[-1]["stage"] == "upstream"
+    assert rows[-1]["status"] == 200 and rows[-1]["stage"] == served_by
