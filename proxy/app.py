@@ -96,7 +96,11 @@ def _services_ctx(config: Config, rules_path: str) -> Callable[[web.Application]
         bodies = BodyLog(db)
         await bodies.start()
         ledger.after_flush.append(bodies.flush)
-        redis_client = (redis.asyncio.from_url(config.storage.redis_url)
+        # caches and threads: a slow or stopped Redis costs a request `redis_timeout` per
+        # call (redis-py's retries included, a few), never an unbounded wait
+        timeout = config.storage.redis_timeout
+        redis_client = (redis.asyncio.from_url(config.storage.redis_url, socket_timeout=timeout,
+                                               socket_connect_timeout=timeout)
                         if config.storage.backend == "redis" else None)
         kv: KVStore
         if redis_client is not None:

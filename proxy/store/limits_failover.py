@@ -7,6 +7,12 @@ on its own), `closed` refuses with 503. Redis is retried after a short backoff
 (0.5 s doubling to 5 s, one probing request at a time), so a dead Redis adds no
 latency to the other requests. Spend settled while Redis was away is added to
 Redis when it is back; requests admitted locally are finished and settled locally.
+
+A call that timed out may still have run in Redis (a stalled Redis runs the commands
+queued on its socket when it resumes): such a request would hold a concurrency slot or
+a budget reservation there until its lease ran out (10 minutes by default). So every
+slot and reservation whose release Redis did not confirm is released there by token
+once it is back (releasing one that never got there changes nothing).
 """
 
 from __future__ import annotations
@@ -47,7 +53,9 @@ class FailoverLimits:
         self._probing = False
         self._local_admits: set[str] = set()
         self._local_reservations: set[str] = set()
-        self._unsynced: list[tuple[str, int, Period, Period]] = []
+        # (key, token, tokens, cost, period, day) to settle in Redis; (key, token) to finish
+        self._unsynced: list[tuple[str, str, int, int, Period, Period]] = []
+        self._unfinished: list[tuple[str, str]] = []
 
     async def _primary(self, call: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
         """(True, result) when Redis answered; (False, None) when it is down or skipped."""
@@ -85,10 +93,18 @@ class FailoverLimits:
         log.warning("redis at %s is back after %.1fs; limits are shared again",
                     self.where, time.monotonic() - self.down_since)
         self.down_since = None
-        pending, self._unsynced = self._unsynced, []
-        for i, (key, cost, period, day) in enumerate(pending):
+        slots, self._unfinished = self._unfinished, []
+        for i, (key, token) in enumerate(slots):
             try:
-                await self.primary.settle(key, "", 0, cost, period, day)
+                await self.primary.finish(key, token)
+            except REDIS_DOWN as exc:
+                self._unfinished.extend(slots[i:])
+                self._failed(exc)
+                return
+        pending, self._unsynced = self._unsynced, []
+        for i, (key, token, tokens, cost, period, day) in enumerate(pending):
+            try:
+                await self.primary.settle(key, token, tokens, cost, period, day)
             except REDIS_DOWN as exc:
                 self._unsynced.extend(pending[i:])
                 self._failed(exc)
@@ -108,17 +124,20 @@ class FailoverLimits:
             assert verdict is not None
             return verdict
         if self.policy == "closed":
+            self._unfinished.append((key, token))  # the admit may have run there
             raise self._refuse()
         self._local_admits.add(token)
         return await self.fallback.admit(key, token, limits, lease_seconds)
 
     async def finish(self, key: str, token: str) -> None:
-        """Free the concurrency slot where it was taken (Redis leases expire by themselves)."""
+        """Free the concurrency slot where it was taken, and in Redis (now or once it is
+        back) wherever Redis may hold it."""
         if token in self._local_admits:
             self._local_admits.discard(token)
             await self.fallback.finish(key, token)
-            return
-        await self._primary(lambda: self.primary.finish(key, token))
+        ok, _ = await self._primary(lambda: self.primary.finish(key, token))
+        if not ok:
+            self._unfinished.append((key, token))
 
     async def reserve(self, key: str, token: str, ask: Ask) -> Verdict:
         """Check tpm and budget in Redis, or per policy while it is down."""
@@ -127,7 +146,8 @@ class FailoverLimits:
             assert verdict is not None
             self.fallback.observe_spend(key, ask.period.name, verdict.spent)
             return verdict
-        if self.policy == "closed":
+        if self.policy == "closed":  # the reservation may have run there: release it
+            self._unsynced.append((key, token, 0, 0, ask.period, ask.period))
             raise self._refuse()
         self._local_reservations.add(token)
         return await self.fallback.reserve(key, token, ask)
@@ -138,19 +158,17 @@ class FailoverLimits:
         if token in self._local_reservations:
             self._local_reservations.discard(token)
             settled = await self.fallback.settle(key, token, tokens, cost, period, day)
-            if cost:
-                ok, _ = await self._primary(
-                    lambda: self.primary.settle(key, "", 0, cost, period, day))
-                if not ok:
-                    self._unsynced.append((key, cost, period, day))
+            ok, _ = await self._primary(
+                lambda: self.primary.settle(key, token, tokens, cost, period, day))
+            if not ok:
+                self._unsynced.append((key, token, tokens, cost, period, day))
             return settled
         ok, settled = await self._primary(
             lambda: self.primary.settle(key, token, tokens, cost, period, day))
         if ok:
             assert settled is not None
             return settled
-        if cost:
-            self._unsynced.append((key, cost, period, day))
+        self._unsynced.append((key, token, tokens, cost, period, day))
         return self.fallback.add_spend(key, cost, period, day)
 
     async def spent(self, key: str, period: str) -> int:
@@ -165,8 +183,9 @@ class FailoverLimits:
 
     async def aclose(self) -> None:
         """Close Redis and the local store."""
-        if self._unsynced:
+        if self._unsynced or self._unfinished:
             log.error("redis still unreachable at shutdown: %d settled amounts not added "
-                      "to the shared spend", len(self._unsynced))
+                      "to the shared spend, %d slots left to their lease",
+                      len(self._unsynced), len(self._unfinished))
         await self.primary.aclose()
         await self.fallback.aclose()
