@@ -78,10 +78,13 @@ class PipelineHolder:
 
     def reload_if_changed(self) -> bool:
         """Rebuild from the file if its mtime changed; True when a new pipeline is in force."""
-        mtime = _mtime(self.path)
-        if mtime == self._mtime:
+        if _mtime(self.path) == self._mtime:
             return False
-        self._mtime = mtime
+        return self.reload()
+
+    def reload(self) -> bool:
+        """Rebuild from the file now (SIGHUP); True when a new pipeline is in force."""
+        self._mtime = _mtime(self.path)
         try:
             doc = load_rules_doc(self.path)
             pipeline = Pipeline(build_stages(doc, self.services), self.terminal)
