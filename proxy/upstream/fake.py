@@ -8,7 +8,8 @@ pass-through; it can be slowed (time to first token, tokens per second) and
 told to fail (see FAULT_KINDS: 500, 429 with Retry-After, 400, 401, a connection
 reset, a first byte that never comes, a stream that stalls or is cut mid-way, a malformed
 JSON body, a malformed SSE event) or to ignore `stream_options.include_usage` (as some
-OpenAI-compatible servers do), and it records every request it received (`seen`:
+OpenAI-compatible servers do) or to open streams with padding comments (to observe
+back-pressure on `stream_bytes_sent`), and it records every request it received (`seen`:
 method, path, query and headers; chat bodies in `received`) so tests
 can assert what the proxy forwarded.
 """
@@ -16,6 +17,7 @@ can assert what the proxy forwarded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import socket
@@ -85,6 +87,7 @@ class FakeUpstream:
     prompt_cache: FakePromptCache = field(default_factory=FakePromptCache)
     padding_events: int = 0  # streams open with this many PADDING_BYTES SSE comments
     stream_bytes_sent: int = 0  # bytes of streamed answers written so far (all streams)
+    _stopping: asyncio.Event | None = field(default=None, init=False, repr=False)
 
     def fail(self, kind: str, count: int = 1, model: str | None = None,
              retry_after: float = 0.0) -> None:
@@ -116,7 +119,8 @@ class FakeUpstream:
         if fault is not None and fault.kind in ERROR_FAULTS:
             return _error(int(fault.kind), fault.retry_after)
         if fault is not None and fault.kind == "hang":
-            await asyncio.sleep(3600)
+            await self.hold()
+            return _error(500)  # to nobody by now: the proxy gave up long ago
         if fault is not None and fault.kind == "reset" and request is not None:
             _reset(request)
             return web.Response()  # written nowhere: the connection is gone
@@ -135,9 +139,23 @@ class FakeUpstream:
                 return fault
         return None
 
+    async def hold(self) -> None:
+        """Wait until the fake's server shuts down (an hour at most): a hang or a stall that
+        ends with the server instead of outliving its event loop."""
+        if self._stopping is None:
+            self._stopping = asyncio.Event()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), 3600)
+
+    async def _end_holds(self, app: web.Application) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+            self._stopping = None
+
     def app(self) -> web.Application:
         """The aiohttp application serving the fake API under /v1."""
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._note])
+        app.on_shutdown.append(self._end_holds)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/_fake/faults", self.add_fault)
@@ -192,7 +210,7 @@ class FakeUpstream:
             data = MALFORMED_JSON if fault and fault.kind == "bad_json" else orjson.dumps(
                 completion)
             if fault and fault.kind in ("cut", "stall"):
-                return await _half_body(request, data, fault.kind)
+                return await _half_body(self, request, data, fault.kind)
             return web.Response(body=data, content_type="application/json")
         opts = body.get("stream_options") or {}
         events = completion_to_events(
@@ -209,7 +227,8 @@ class FakeUpstream:
                     request.transport and request.transport.close()  # type: ignore[func-returns-value]
                     return resp
                 if fault.kind == "stall":
-                    await asyncio.sleep(3600)
+                    await self.hold()
+                    return resp
                 if fault.kind == "bad_sse":
                     item = MALFORMED_EVENT
             if delay and item is not DONE:
@@ -223,14 +242,15 @@ class FakeUpstream:
         return resp
 
 
-async def _half_body(request: web.Request, data: bytes, kind: str) -> web.StreamResponse:
+async def _half_body(fake: FakeUpstream, request: web.Request, data: bytes,
+                     kind: str) -> web.StreamResponse:
     """Send the first half of a JSON body (announced whole), then cut or stall."""
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
     resp.content_length = len(data)
     await resp.prepare(request)
     await resp.write(data[:len(data) // 2])
     if kind == "stall":
-        await asyncio.sleep(3600)
+        await fake.hold()
     if request.transport is not None:
         request.transport.close()
     return resp
