@@ -101,7 +101,11 @@ async def open_resources(config: Config) -> AsyncIterator[Resources]:
         await bodies.start()
         ledger.after_flush.append(bodies.flush)
         storage = config.storage
-        client = redis.asyncio.from_url(storage.redis_url) if storage.backend == "redis" else None
+        # caches and threads: a slow or stopped Redis costs a request `redis_timeout` per
+        # call (redis-py's retries included, a few), never an unbounded wait
+        client = (redis.asyncio.from_url(storage.redis_url, socket_timeout=storage.redis_timeout,
+                                         socket_connect_timeout=storage.redis_timeout)
+                  if storage.backend == "redis" else None)
         kv: KVStore
         if client is not None:
             closing.push_async_callback(client.aclose)

@@ -115,14 +115,33 @@ async def _freeze_startup_objects(app: web.Application) -> None:
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
 
 
+async def _reload_rules_on_sighup(app: web.Application) -> None:
+    """SIGHUP re-reads the rule file at once (the watcher would at its next poll); the new
+    rules go in force once what they load is ready, as with the watcher."""
+    from proxy.pipeline.registry import PIPELINE
+
+    holder = app[PIPELINE]
+    reloads: set[asyncio.Task[bool]] = set()  # held until done (the loop keeps weak refs)
+
+    def reload() -> None:
+        logging.getLogger("proxy.rules").info("SIGHUP: reloading %s", holder.path)
+        task = asyncio.get_running_loop().create_task(holder.reload_when_ready(force=True))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+
 def run_worker(config: Config, rules: str, reuse_port: bool) -> None:
-    """Run one server process until it is signalled to stop."""
+    """Run one server process until it is signalled to stop (SIGTERM/SIGINT: stop
+    accepting, finish what is in flight, flush the ledger; SIGHUP: reload the rules)."""
     from proxy.app import create_app
 
     setup_logging()  # again: spawned workers start with fresh logging
     use_uvloop()
     app = create_app(config, rules)
     app.on_startup.append(_freeze_startup_objects)  # after the resources are up
+    app.on_startup.append(_reload_rules_on_sighup)
     web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=reuse_port,
                 access_log=None, print=None, backlog=2048, **SERVER_OPTIONS)
 
@@ -164,6 +183,7 @@ def serve(config: Config, rules: str) -> None:
     spawn = multiprocessing.get_context("spawn")
     procs = [spawn.Process(target=run_worker, args=(config, rules, True), daemon=False)
              for _ in range(workers)]
+    signal.signal(signal.SIGHUP, lambda signum, frame: _signal_all(procs, signal.SIGHUP))
     try:
         for proc in procs:
             proc.start()
@@ -176,6 +196,13 @@ def serve(config: Config, rules: str) -> None:
     finally:
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def _signal_all(procs: list[Any], signum: int) -> None:
+    """Pass a signal on to every started worker."""
+    for proc in procs:
+        if proc.pid is not None:
+            os.kill(proc.pid, signum)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

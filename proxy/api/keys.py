@@ -34,7 +34,7 @@ POLICY_FIELDS = ("namespace", "budget_usd", "budget_period", "soft_budget_usd", 
                  "max_concurrent", "allowed_models", "log_bodies", "defer_batch")
 
 
-def _admin_services(request: web.Request) -> Resources:
+def _admin_resources(request: web.Request) -> Resources:
     if not tenant_of(request).is_admin:
         raise PermissionDenied("Managing proxy keys needs the admin key.")
     return request.app[RESOURCES]
@@ -65,7 +65,7 @@ def _config_key(resources: Resources, name: str) -> KeyConfig | None:
 
 async def create_key(request: web.Request) -> web.Response:
     """`POST /v1/proxy/keys` {"name", policy fields...}: the new key, with its secret once."""
-    resources = _admin_services(request)
+    resources = _admin_resources(request)
     fields = parse_json_object(await read_body(request))
     name = fields.pop("name", None)
     if not isinstance(name, str) or not NAME.match(name):
@@ -95,7 +95,7 @@ async def create_key(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     """`GET /v1/proxy/keys`: every key (config.toml and issued), without secrets."""
-    resources = _admin_services(request)
+    resources = _admin_resources(request)
     data = [await _describe(resources, k, "config") for k in resources.config.keys]
     data += [await _describe(resources, k, "api") for k in await resources.key_store.all()]
     return web.json_response({"object": "list", "data": data})
@@ -113,7 +113,7 @@ async def _issued(resources: Resources, name: str) -> KeyConfig:
 
 async def get_key(request: web.Request) -> web.Response:
     """`GET /v1/proxy/keys/{name}`."""
-    resources = _admin_services(request)
+    resources = _admin_resources(request)
     name = request.match_info["name"]
     config_key = _config_key(resources, name)
     if config_key is not None:
@@ -123,7 +123,7 @@ async def get_key(request: web.Request) -> web.Response:
 
 async def update_key(request: web.Request) -> web.Response:
     """`PATCH /v1/proxy/keys/{name}` {policy fields...}: change an issued key's policy."""
-    resources = _admin_services(request)
+    resources = _admin_resources(request)
     key = await _issued(resources, request.match_info["name"])
     changes = parse_json_object(await read_body(request))
     current = {f: getattr(key, f) for f in POLICY_FIELDS}
@@ -137,7 +137,7 @@ async def update_key(request: web.Request) -> web.Response:
 
 async def delete_key(request: web.Request) -> web.Response:
     """`DELETE /v1/proxy/keys/{name}`: revoke an issued key at once."""
-    resources = _admin_services(request)
+    resources = _admin_resources(request)
     key = await _issued(resources, request.match_info["name"])
     await resources.key_store.delete(key.name)
     resources.keys.remove(key.sha256)

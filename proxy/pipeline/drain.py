@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("proxy.drain")
 CLIENT_CLOSED = 499  # nginx's "client closed request": the ledger status of such requests
 MAX_BYTES = 32 * 1024 * 1024
+# the ledger status of a stream whose upstream broke off (cut, stalled, malformed) after the
+# client got its 200: the client saw an error event, and the row must count as a failure
+UPSTREAM_BROKE_OFF = 502
 
 
 async def drain(chunks: Chunks, seconds: float, max_bytes: int) -> str | None:
@@ -82,17 +85,23 @@ async def stream_reply(resources: Resources, ctx: Context, reply: Reply,
                        send: Callable[[], Awaitable[None]]) -> None:
     """Run `send` (which writes the reply's stream to the client); however it ends, the
     reply is closed and recorded once: when the client left, the rest is read on in the
-    background and billed (`finish_abandoned`); at shutdown, what streamed is billed."""
+    background and billed (`finish_abandoned`); at shutdown, what streamed is billed; when
+    the upstream broke off, the row says 502 (the client got an error event), billed from
+    what streamed."""
     status, handed_off = reply.status, False
     try:
         await send()
     except ConnectionResetError:
-        # the client went away, the upstream did not: read it on (behind) so it is billed
-        resources.background.start(finish_abandoned(resources, ctx, reply), name="drain")
-        handed_off = True
+        # SDKs hang up as soon as they read [DONE]: a stream that came whole keeps its status
+        if reply.error is None and not reply.completed:
+            # the client went away, the upstream did not: read it on (behind) so it is billed
+            resources.background.start(finish_abandoned(resources, ctx, reply), name="drain")
+            handed_off = True
     except asyncio.CancelledError:
         status = CLIENT_CLOSED  # shutting down: billed from what streamed so far
         raise
     finally:
         if not handed_off:
+            if reply.error is not None and status < 400:
+                status = UPSTREAM_BROKE_OFF
             await close_and_record(resources, ctx, reply, status)

@@ -87,12 +87,14 @@ class PipelineHolder:
             self._swap(*built)
         return built is not None
 
-    async def reload_when_ready(self, patience: float = READY_PATIENCE_SECONDS) -> bool:
-        """As `reload_if_changed`, but the new pipeline goes in force only once everything
-        it loads is ready (a classifier refitted for new `[context]` rules, a pair model
-        for new calibration targets), waiting at most `patience` seconds: requests
-        meanwhile are served by the last pipeline, which keeps its own fitted models."""
-        built = self._rebuild_if_changed()
+    async def reload_when_ready(self, patience: float = READY_PATIENCE_SECONDS,
+                                force: bool = False) -> bool:
+        """As `reload_if_changed` (or at once with `force`, as on SIGHUP), but the new
+        pipeline goes in force only once everything it loads is ready (a classifier refitted
+        for new `[context]` rules, a pair model for new calibration targets), waiting at most
+        `patience` seconds: requests meanwhile are served by the last pipeline, which keeps
+        its own fitted models."""
+        built = self._rebuild_if_changed(force)
         if built is None:
             return False
         loop = asyncio.get_running_loop()
@@ -102,9 +104,9 @@ class PipelineHolder:
         self._swap(*built)
         return True
 
-    def _rebuild_if_changed(self) -> tuple[RulesDoc, Pipeline] | None:
+    def _rebuild_if_changed(self, force: bool = False) -> tuple[RulesDoc, Pipeline] | None:
         mtime = _mtime(self.path)
-        if mtime == self._mtime:
+        if mtime == self._mtime and not force:
             return None
         self._mtime = mtime
         try:

@@ -4,6 +4,11 @@
 `interval` seconds (or when `batch` rows are waiting) in one transaction, and
 `close()` drains what is left, so a clean shutdown loses nothing.
 
+When sqlite cannot take the rows (disk full, database locked by another process), they
+stay in memory and every flush tries again: one ERROR line when writes start failing,
+one WARNING when they work again. Past MAX_UNWRITTEN rows the oldest are dropped, with
+an ERROR line saying how many, so a fault that never clears cannot exhaust memory.
+
 Observers (metrics, the JSON request log) see every row once, in the flusher,
 never on the request path; `after_flush` hooks (the body log) ride the same
 flusher. New columns are appended with defaults and added to older databases
@@ -81,6 +86,7 @@ _NOTIFY_SLICE = 8
 # (about 7x the sqlite time per row). Few distinct sizes keep the statements cached, and
 # 32 rows x 23 columns stays under sqlite's oldest bound-variable limit (999).
 _STATEMENT_ROWS = (32, 8, 2, 1)
+MAX_UNWRITTEN = 200_000  # rows kept in memory while sqlite refuses them (~1 KB each)
 _INSERTS = {
     n: f"INSERT INTO ledger ({', '.join(_COLUMNS)}) VALUES "
        + ", ".join([f"({', '.join('?' * len(_COLUMNS))})"] * n)
@@ -112,6 +118,7 @@ class Ledger:
         self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._failing = False
 
     async def start(self) -> None:
         """Create the table and start the flusher."""
@@ -161,15 +168,30 @@ class Ledger:
                     try:
                         await self.db.execute(sql, params)
                     except Exception:  # keep the rows for the next try rather than lose them
-                        log.exception("ledger flush failed; %d rows kept for retry",
-                                      len(rows) - at)
                         self._unwritten[:0] = rows[at:]
+                        self._write_failed()
                         break
+                else:
+                    if self._failing:
+                        self._failing = False
+                        log.warning("ledger writes work again; %d rows written", len(rows))
             for hook in self.after_flush:
                 try:
                     await hook()
                 except Exception:
                     log.exception("after-flush hook %r failed", hook)
+
+    def _write_failed(self) -> None:
+        """Note a failed write (called in its `except`): log the first, bound what is kept."""
+        if not self._failing:
+            self._failing = True
+            log.exception("ledger write failed; %d rows kept in memory, retried every %gs",
+                          len(self._unwritten), self.interval)
+        excess = len(self._unwritten) - MAX_UNWRITTEN
+        if excess > 0:
+            del self._unwritten[:excess]
+            log.error("ledger still not writable: dropped the %d oldest unwritten rows "
+                      "(more than %d waiting)", excess, MAX_UNWRITTEN)
 
     def _notify(self, rows: Sequence[LedgerEntry]) -> None:
         for observer in self.observers:

@@ -7,6 +7,13 @@ on its own), `closed` refuses with 503. Redis is retried after a short backoff
 (0.5 s doubling to 5 s, one probing request at a time), so a dead Redis adds no
 latency to the other requests. Spend settled while Redis was away is added to
 Redis when it is back; requests admitted locally are finished and settled locally.
+
+A call that timed out may still have run in Redis (a stalled Redis runs the commands
+queued on its socket when it resumes): such a request would hold a concurrency slot or
+a budget reservation there until its lease ran out (10 minutes by default). So every
+slot and reservation whose release Redis did not confirm is released there by token
+once it is back (releasing one that never got there changes nothing); at most
+MAX_RELEASES are kept (older ones run out with their lease).
 """
 
 from __future__ import annotations
@@ -14,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.exceptions
 
@@ -33,6 +41,8 @@ REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, O
               asyncio.TimeoutError, redis.exceptions.ReadOnlyError,
               redis.exceptions.MasterDownError)
 FIRST_BACKOFF, MAX_BACKOFF = 0.5, 5.0
+MAX_RELEASES = 10_000
+Release = Callable[[], Awaitable[Any]]
 
 
 class FailoverLimits:
@@ -47,10 +57,15 @@ class FailoverLimits:
         self._probing = False
         self._local_admits: set[str] = set()
         self._local_reservations: set[str] = set()
-        self._unsynced: list[tuple[str, int, Period, Period]] = []
+        # (key, token, tokens, cost, period, day) to settle in Redis once it is back
+        self._unsynced: list[tuple[str, str, int, int, Period, Period]] = []
+        self._releases: deque[Release] = deque(maxlen=MAX_RELEASES)
 
-    async def _primary(self, call: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
-        """(True, result) when Redis answered; (False, None) when it is down or skipped."""
+    async def _primary(self, call: Callable[[], Awaitable[T]],
+                       release: Release | None = None) -> tuple[bool, T | None]:
+        """(True, result) when Redis answered; (False, None) when it is down or skipped.
+        `release` undoes the call in Redis once it is back, should the call have failed
+        there after all (a timeout)."""
         if self.down_since is not None:
             if self._probing or time.monotonic() < self._retry_at:
                 return False, None
@@ -59,6 +74,8 @@ class FailoverLimits:
             result = await call()
         except REDIS_DOWN as exc:
             self._failed(exc)
+            if release is not None:
+                self._releases.append(release)
             return False, None
         finally:
             self._probing = False
@@ -85,10 +102,17 @@ class FailoverLimits:
         log.warning("redis at %s is back after %.1fs; limits are shared again",
                     self.where, time.monotonic() - self.down_since)
         self.down_since = None
-        pending, self._unsynced = self._unsynced, []
-        for i, (key, cost, period, day) in enumerate(pending):
+        while self._releases:
             try:
-                await self.primary.settle(key, "", 0, cost, period, day)
+                await self._releases[0]()
+            except REDIS_DOWN as exc:
+                self._failed(exc)
+                return
+            self._releases.popleft()
+        pending, self._unsynced = self._unsynced, []
+        for i, (key, token, tokens, cost, period, day) in enumerate(pending):
+            try:
+                await self.primary.settle(key, token, tokens, cost, period, day)
             except REDIS_DOWN as exc:
                 self._unsynced.extend(pending[i:])
                 self._failed(exc)
@@ -103,7 +127,8 @@ class FailoverLimits:
     async def admit(self, key: str, token: str, limits: Limits, lease_seconds: float) -> Verdict:
         """Check rpm and concurrency in Redis, or per policy while it is down."""
         ok, verdict = await self._primary(
-            lambda: self.primary.admit(key, token, limits, lease_seconds))
+            lambda: self.primary.admit(key, token, limits, lease_seconds),
+            release=lambda: self.primary.finish(key, token))
         if ok:
             assert verdict is not None
             return verdict
@@ -113,16 +138,21 @@ class FailoverLimits:
         return await self.fallback.admit(key, token, limits, lease_seconds)
 
     async def finish(self, key: str, token: str) -> None:
-        """Free the concurrency slot where it was taken (Redis leases expire by themselves)."""
-        if token in self._local_admits:
+        """Free the concurrency slot where it was taken, and in Redis (now or once it is
+        back) wherever Redis may hold it."""
+        if token in self._local_admits:  # Redis holds it only if the admit ran there
             self._local_admits.discard(token)
             await self.fallback.finish(key, token)
             return
-        await self._primary(lambda: self.primary.finish(key, token))
+        ok, _ = await self._primary(lambda: self.primary.finish(key, token))
+        if not ok:
+            self._releases.append(lambda: self.primary.finish(key, token))
 
     async def reserve(self, key: str, token: str, ask: Ask) -> Verdict:
         """Check tpm and budget in Redis, or per policy while it is down."""
-        ok, verdict = await self._primary(lambda: self.primary.reserve(key, token, ask))
+        ok, verdict = await self._primary(
+            lambda: self.primary.reserve(key, token, ask),
+            release=lambda: self.primary.settle(key, token, 0, 0, ask.period, ask.period))
         if ok:
             assert verdict is not None
             self.fallback.observe_spend(key, ask.period.name, verdict.spent)
@@ -138,19 +168,17 @@ class FailoverLimits:
         if token in self._local_reservations:
             self._local_reservations.discard(token)
             settled = await self.fallback.settle(key, token, tokens, cost, period, day)
-            if cost:
-                ok, _ = await self._primary(
-                    lambda: self.primary.settle(key, "", 0, cost, period, day))
-                if not ok:
-                    self._unsynced.append((key, cost, period, day))
+            ok, _ = await self._primary(
+                lambda: self.primary.settle(key, token, tokens, cost, period, day))
+            if not ok:
+                self._unsynced.append((key, token, tokens, cost, period, day))
             return settled
         ok, remote = await self._primary(
             lambda: self.primary.settle(key, token, tokens, cost, period, day))
         if ok:
             assert remote is not None
             return remote
-        if cost:
-            self._unsynced.append((key, cost, period, day))
+        self._unsynced.append((key, token, tokens, cost, period, day))
         return self.fallback.add_spend(key, cost, period, day)
 
     async def spent(self, key: str, period: str) -> int:
@@ -165,8 +193,9 @@ class FailoverLimits:
 
     async def aclose(self) -> None:
         """Close Redis and the local store."""
-        if self._unsynced:
+        if self._unsynced or self._releases:
             log.error("redis still unreachable at shutdown: %d settled amounts not added "
-                      "to the shared spend", len(self._unsynced))
+                      "to the shared spend, %d slots or holds left to their lease",
+                      len(self._unsynced), len(self._releases))
         await self.primary.aclose()
         await self.fallback.aclose()

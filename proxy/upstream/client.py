@@ -182,10 +182,12 @@ class UpstreamClient:
         if resp.status >= 400:
             headers.update((h, resp.headers[h]) for h in _PASS_ON_ERROR if h in resp.headers)
         reply = Reply(status=resp.status, body=data, headers=headers)
+        if resp.status >= 400:  # the ledger row says why (never the body: it may quote a key)
+            reply.error = f"upstream {upstream.name!r} answered {resp.status}"
         if resp.status in RETRYABLE_STATUS:
             raise _Retry(reply, None, resp.headers.get("Retry-After"))
         if reply.ok:
-            reply.usage = Usage.from_openai(_usage_of(reply))
+            reply.usage = Usage.from_openai(_usage_of(reply, upstream))
         return reply
 
     async def _relay(
@@ -214,7 +216,9 @@ class UpstreamClient:
                 if ready:
                     meter.feed(ready)
                     yield ready
-            if buffer.strip():  # a last event without its blank line
+                if reply.error:  # a malformed event: nothing after it is passed on
+                    break
+            if buffer.strip() and not reply.error:  # a last event without its blank line
                 ready = self._inspect(buffer + b"\n\n", reply, keep_usage)
                 if ready:
                     meter.feed(ready)
@@ -236,6 +240,8 @@ class UpstreamClient:
 
     @staticmethod
     def _inspect(ready: bytes, reply: Reply, keep_usage: bool) -> bytes:
+        """The events of `ready` to pass on, noting [DONE] and usage on the way; a usage
+        event that is not a JSON object sets `reply.error`, and it and the rest are dropped."""
         events, _ = split_events(ready + b"\n\n")
         kept = []
         for raw in events:
@@ -243,7 +249,13 @@ class UpstreamClient:
             if data.strip() == b"[DONE]":
                 reply.completed = True
             elif _USAGE.search(data):
-                chunk = orjson.loads(data)
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    chunk = None
+                if not isinstance(chunk, dict):
+                    reply.error = "upstream sent a malformed stream event"
+                    break
                 reply.usage = Usage.from_openai(chunk.get("usage"))
                 if not keep_usage and not chunk.get("choices"):
                     continue
@@ -272,12 +284,19 @@ def credentials_refused(upstream: UpstreamConfig, status: int) -> UpstreamError:
                          "the proxy operator has been told", code="upstream_auth_error")
 
 
-def _usage_of(reply: Reply) -> Mapping[str, Any] | None:
+def _usage_of(reply: Reply, upstream: UpstreamConfig) -> Mapping[str, Any] | None:
+    """The usage of a successful non-streamed answer; an answer that is not a JSON object
+    is an upstream failure (502), never passed on as a success."""
     try:
         parsed = reply.json()
     except orjson.JSONDecodeError:
-        return None
-    return parsed.get("usage") if isinstance(parsed, dict) else None
+        parsed = None
+    if not isinstance(parsed, dict):
+        log.warning("upstream %s answered %d with a body that is not a JSON object",
+                    upstream.name, reply.status)
+        raise UpstreamError(f"upstream {upstream.name!r} answered with malformed JSON",
+                            code="upstream_bad_response")
+    return parsed.get("usage") if isinstance(parsed.get("usage"), dict) else None
 
 
 async def fetch_models(client: UpstreamClient) -> list[dict[str, Any]]:

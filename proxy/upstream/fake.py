@@ -5,17 +5,23 @@ tools are given and asked for, usage counted with tiktoken, `cached_tokens` from
 simulated prompt cache, see fake_cache.py) and `/v1/models`, plus embeddings,
 moderations, files, batches, audio and responses (proxy/upstream/fake_api.py) for the
 pass-through; it can be slowed (time to first token, tokens per second) and
-told to fail (500, 429 with Retry-After, 401, a hang, a stream cut mid-way) or to
-ignore `stream_options.include_usage` (as some OpenAI-compatible servers do), and it
-records every request it received (`seen`: method, path, query and headers; chat
-bodies in `received`) so tests can assert what the proxy forwarded.
+told to fail (see FAULT_KINDS: 500, 429 with Retry-After, 400, 401, a connection
+reset, a first byte that never comes, a stream that stalls or is cut mid-way, a malformed
+JSON body, a malformed SSE event) or to ignore `stream_options.include_usage` (as some
+OpenAI-compatible servers do) or to open streams with padding comments (to observe
+back-pressure on `stream_bytes_sent`), and it records every request it received (`seen`:
+method, path, query and headers; chat bodies in `received`) so tests
+can assert what the proxy forwarded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
+import socket
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -32,8 +38,15 @@ from proxy.upstream.fake_cache import FakePromptCache
 from proxy.upstream.sse import DONE
 
 FAKE_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-5", "gpt-5-mini")
-FAULT_KINDS = ("500", "429", "hang", "cut", "400", "401")
+FAULT_KINDS = ("500", "429", "hang", "cut", "400", "401", "reset", "stall", "bad_json",
+               "bad_sse")
 ERROR_FAULTS = ("500", "429", "400", "401")
+# where a stream fault strikes: after this many events (role chunk, two content pieces)
+STREAM_FAULT_AT = 3
+PADDING_BYTES = 64 * 1024
+MALFORMED_JSON = b'{"id": "chatcmpl-fake", "object": "chat.completion", "choices": [{"ind'
+# a usage chunk cut short: the proxy parses usage chunks, so it must notice
+MALFORMED_EVENT = b'data: {"id": "chatcmpl-fake", "choices": [], "usage": {"prompt\n\n'
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +86,9 @@ class FakeUpstream:
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
     speech_paused: bool = False  # speech holds after its first piece while True
     prompt_cache: FakePromptCache = field(default_factory=FakePromptCache)
+    padding_events: int = 0  # streams open with this many PADDING_BYTES SSE comments
+    stream_bytes_sent: int = 0  # bytes of streamed answers written so far (all streams)
+    _stopping: asyncio.Event | None = field(default=None, init=False, repr=False)
 
     def fail(self, kind: str, count: int = 1, model: str | None = None,
              retry_after: float = 0.0) -> None:
@@ -97,12 +113,18 @@ class FakeUpstream:
         """The fake's chat.completion for a request body."""
         return answer(body, self.scripted)
 
-    async def fault_reply(self, fault: Fault | None) -> web.Response | None:
-        """The error answer an error fault asks for (a hang waits here for an hour)."""
+    async def fault_reply(self, fault: Fault | None,
+                          request: web.Request | None = None) -> web.Response | None:
+        """The error answer an error fault asks for (a hang waits here for an hour; a reset
+        aborts `request`'s connection with a TCP RST and answers nothing)."""
         if fault is not None and fault.kind in ERROR_FAULTS:
             return _error(int(fault.kind), fault.retry_after)
         if fault is not None and fault.kind == "hang":
-            await asyncio.sleep(3600)
+            await self.hold()
+            return _error(500)  # to nobody by now: the proxy gave up long ago
+        if fault is not None and fault.kind == "reset" and request is not None:
+            _reset(request)
+            return web.Response()  # written nowhere: the connection is gone
         return None
 
     def take_fault(self, model: str) -> Fault | None:
@@ -118,9 +140,23 @@ class FakeUpstream:
                 return fault
         return None
 
+    async def hold(self) -> None:
+        """Wait until the fake's server shuts down (an hour at most): a hang or a stall that
+        ends with the server instead of outliving its event loop."""
+        if self._stopping is None:
+            self._stopping = asyncio.Event()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), 3600)
+
+    async def _end_holds(self, app: web.Application) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+            self._stopping = None
+
     def app(self) -> web.Application:
         """The aiohttp application serving the fake API under /v1."""
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._note])
+        app.on_shutdown.append(self._end_holds)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/_fake/faults", self.add_fault)
@@ -159,7 +195,7 @@ class FakeUpstream:
             self.received_headers.append(dict(request.headers))
         model = str(body.get("model", ""))
         fault = self.take_fault(model)
-        failure = await self.fault_reply(fault)
+        failure = await self.fault_reply(fault, request)
         if failure is not None:
             return failure
         if not isinstance(body.get("messages"), list) or not body["messages"]:
@@ -172,7 +208,11 @@ class FakeUpstream:
         if self.ttft:
             await asyncio.sleep(self.ttft)
         if not body.get("stream"):
-            return web.Response(body=orjson.dumps(completion), content_type="application/json")
+            data = MALFORMED_JSON if fault and fault.kind == "bad_json" else orjson.dumps(
+                completion)
+            if fault and fault.kind in ("cut", "stall"):
+                return await _half_body(self, request, data, fault.kind)
+            return web.Response(body=data, content_type="application/json")
         opts = body.get("stream_options") or {}
         events = completion_to_events(
             completion, include_usage=self.stream_usage and bool(opts.get("include_usage")),
@@ -180,18 +220,52 @@ class FakeUpstream:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         delay = 2.0 / self.tokens_per_second if self.tokens_per_second else 0.0
-        for i, item in enumerate(events):
-            if fault and fault.kind == "cut" and i == 3:
-                request.transport and request.transport.close()  # type: ignore[func-returns-value]
-                return resp
+        padding = b": " + b"." * (PADDING_BYTES - 4) + b"\n\n"
+        events = [padding] * self.padding_events + events
+        for i, item in enumerate(events, -self.padding_events):
+            if fault and i == STREAM_FAULT_AT:
+                if fault.kind == "cut":
+                    request.transport and request.transport.close()  # type: ignore[func-returns-value]
+                    return resp
+                if fault.kind == "stall":
+                    await self.hold()
+                    return resp
+                if fault.kind == "bad_sse":
+                    item = MALFORMED_EVENT
             if delay and item is not DONE:
                 await asyncio.sleep(delay)
             try:
                 await resp.write(item)
+                self.stream_bytes_sent += len(item)
             except ConnectionResetError:  # the proxy let go (its client left): stop quietly
                 return resp
         await resp.write_eof()
         return resp
+
+
+async def _half_body(fake: FakeUpstream, request: web.Request, data: bytes,
+                     kind: str) -> web.StreamResponse:
+    """Send the first half of a JSON body (announced whole), then cut or stall."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    resp.content_length = len(data)
+    await resp.prepare(request)
+    await resp.write(data[:len(data) // 2])
+    if kind == "stall":
+        await fake.hold()
+    if request.transport is not None:
+        request.transport.close()
+    return resp
+
+
+def _reset(request: web.Request) -> None:
+    """Abort the request's connection with a TCP RST (SO_LINGER 0), as a crashed peer does."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _dumps(obj: Any) -> str:
