@@ -49,6 +49,22 @@ def wait_http(url: str, timeout: float = 120.0) -> None:
     raise RuntimeError(f"{url} never answered")
 
 
+def wait_ok(url: str, timeout: float = 300.0) -> None:
+    """Block until `url` answers 200 (e.g. /ready once the embedding model is loaded)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} never answered 200")
+
+
 def peak_rss_mb(pid: int) -> float:
     """Peak resident memory (VmHWM) of a process in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
