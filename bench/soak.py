@@ -49,10 +49,12 @@ REWORDS = ("Quick question: {q}", "{q} Thanks!", "hey coach, {q}")
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of request in the mix: how often, and how many ledger rows it must leave."""
+    """One kind of request in the mix: how often, how many HTTP requests it sends and how
+    many ledger rows they must leave."""
 
     name: str
     weight: int
+    requests: int
     rows: int
     send: Callable[[aiohttp.ClientSession, str, int], Awaitable[int]]
 
@@ -125,17 +127,17 @@ async def _bad_key(session: aiohttp.ClientSession, base: str, i: int) -> int:
 
 
 MIX = (
-    Kind("chat_unique", 20, 1, _chat(question, stream=False)),
-    Kind("chat_unique_stream", 15, 1, _chat(question, stream=True)),
-    Kind("chat_repeat", 15, 1, _chat(pooled, stream=False)),
-    Kind("chat_repeat_stream", 5, 1, _chat(pooled, stream=True)),
-    Kind("chat_reworded", 8, 1, _chat(lambda i: REWORDS[i % 3].format(q=pooled(i // 3)), False)),
-    Kind("greeting", 5, 1, _chat(lambda i: ("good morning", "thanks!", "done")[i % 3], True)),
-    Kind("responses_chain", 8, 2, _responses),
-    Kind("thread_run", 5, 1, _thread_run),
-    Kind("embeddings", 10, 1, _embeddings),
-    Kind("invalid_body", 2, 0, _invalid),
-    Kind("bad_key", 2, 0, _bad_key),
+    Kind("chat_unique", 20, 1, 1, _chat(question, stream=False)),
+    Kind("chat_unique_stream", 15, 1, 1, _chat(question, stream=True)),
+    Kind("chat_repeat", 15, 1, 1, _chat(pooled, stream=False)),
+    Kind("chat_repeat_stream", 5, 1, 1, _chat(pooled, stream=True)),
+    Kind("chat_reworded", 8, 1, 1, _chat(lambda i: REWORDS[i % 3].format(q=pooled(i // 3)), False)),
+    Kind("greeting", 5, 1, 1, _chat(lambda i: ("good morning", "thanks!", "done")[i % 3], True)),
+    Kind("responses_chain", 8, 2, 2, _responses),
+    Kind("thread_run", 5, 1, 1, _thread_run),
+    Kind("embeddings", 10, 1, 1, _embeddings),
+    Kind("invalid_body", 2, 1, 0, _invalid),
+    Kind("bad_key", 2, 1, 0, _bad_key),
 )
 
 
@@ -199,7 +201,7 @@ async def send_load(base: str, rate: float, seconds: float, max_in_flight: int,
                 continue
             kind = rng.choice(weighted)
             tally.sent[kind.name] += 1
-            tally.requests += 1 + (kind.name == "responses_chain")
+            tally.requests += kind.requests
             tally.expected_rows += kind.rows
             tally.in_flight += 1
             task = asyncio.create_task(one(kind, i, s))
