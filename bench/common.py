@@ -77,6 +77,22 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def wait_ok(url: str, timeout: float = 300.0) -> None:
+    """Block until `url` answers 200 (e.g. /ready once the embedding model is loaded)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} never answered 200")
+
+
 def peak_rss_mb(pid: int) -> float:
     """Peak resident memory (VmHWM) in MB of a process plus its descendants (the
     workers of `serve --workers N`)."""

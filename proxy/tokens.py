@@ -13,6 +13,7 @@ import functools
 import gzip
 import hashlib
 import importlib.resources
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -168,9 +169,34 @@ def is_large(messages: Iterable[Mapping[str, Any]]) -> bool:
     return text_size(messages) > OFF_LOOP_CHARS
 
 
-@functools.lru_cache(maxsize=32_768)
-def _plain_message_tokens(encoding_name: str, role: str, content: str) -> int:
-    return 3 + len(encoding(encoding_name).encode_ordinary(f"{role}\n{content}"))
+class MessageTokenMemo:
+    """Token counts of plain messages seen lately, keyed by a 16-byte digest of the text
+    (not the text: a memo of whole messages would hold up to `size` long documents)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._counts: dict[bytes, int] = {}
+        self._lock = threading.Lock()  # counted on the loop and in worker threads
+
+    def count(self, encoding_name: str, role: str, content: str) -> int:
+        """3 + the tokens of `role` and `content`, from the memo when seen before."""
+        text = f"{role}\n{content}"
+        key = hashlib.blake2b(f"{encoding_name}\0{text}".encode(), digest_size=16).digest()
+        found = self._counts.get(key)
+        if found is not None:
+            return found
+        counted = 3 + len(encoding(encoding_name).encode_ordinary(text))
+        with self._lock:
+            if len(self._counts) >= self.size:  # the oldest entry goes first
+                del self._counts[next(iter(self._counts))]
+            self._counts[key] = counted
+        return counted
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
+MESSAGE_TOKENS = MessageTokenMemo(32_768)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -185,8 +211,8 @@ def message_tokens(message: Mapping[str, Any], model: str = "gpt-4o") -> int:
     """
     content = message.get("content")
     if isinstance(content, str) and not message.get("name") and not message.get("tool_calls"):
-        return _plain_message_tokens(encoding_for_model(model).name,
-                                     str(message.get("role", "")), content)
+        return MESSAGE_TOKENS.count(encoding_for_model(model).name,
+                                    str(message.get("role", "")), content)
     return count_messages([message], model) - 3
 
 

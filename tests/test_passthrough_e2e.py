@@ -295,6 +295,15 @@ def test_a_key_over_budget_gets_429(tmp_path: Path) -> None:
     assert err.value.response.headers["x-should-retry"] == "false"
 
 
+@pytest.mark.parametrize("body", [b"", b"not json", b"[1, 2]",
+                                  b'{"model": "m", "input": "x", "dimensions": 1.5}'])
+def test_a_body_upstream_cannot_read_gets_its_400_not_a_500(live: LiveProxy, body: bytes) -> None:
+    status, _, answer = raw_call(live, "POST", "/v1/embeddings", body=body,
+                                 headers={"Content-Type": "application/json"})
+    assert status == 400
+    assert orjson.loads(answer)["error"]["type"] == "invalid_request_error"
+
+
 def test_upstream_errors_keep_their_status_and_body(live: LiveProxy) -> None:
     client = live.client()
     live.fake.fail("429", model=SMALL, retry_after=7)

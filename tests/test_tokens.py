@@ -38,3 +38,19 @@ def test_message_counting_adds_framing_and_tools() -> None:
 def test_unknown_encoding_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown encoding"):
         tokens.encoding("p50k_base")
+
+
+def test_the_message_memo_holds_at_most_its_size_and_counts_as_the_tokenizer_does() -> None:
+    memo = tokens.MessageTokenMemo(3)
+    long_texts = [f"{i} " + "a long pasted document " * 5_000 for i in range(5)]
+    counts = [memo.count("o200k_base", "user", text) for text in long_texts]
+    assert len(memo) == 3
+    assert counts == [3 + tokens.count_text(f"user\n{text}") for text in long_texts]
+    assert memo.count("o200k_base", "user", long_texts[-1]) == counts[-1]  # from the memo
+    assert len(memo) == 3
+
+
+def test_message_tokens_of_a_plain_message_match_count_messages() -> None:
+    message = {"role": "user", "content": "How many tokens is this sentence?"}
+    assert tokens.message_tokens(message) == tokens.count_messages([message]) - 3
+    assert tokens.message_tokens(message) == tokens.message_tokens(dict(message))

@@ -33,7 +33,7 @@ from aiohttp.typedefs import Handler
 
 from proxy import tokens
 from proxy.pipeline.replies import completion_to_events, make_completion
-from proxy.upstream.fake_api import FakeAPI
+from proxy.upstream.fake_api import FakeAPI, json_body
 from proxy.upstream.fake_cache import FakePromptCache
 from proxy.upstream.sse import DONE
 
@@ -189,7 +189,7 @@ class FakeUpstream:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         """`POST /v1/chat/completions`."""
-        body = orjson.loads(await request.read())
+        body = await json_body(request)
         if self.record:
             self.received.append(body)
             self.received_headers.append(dict(request.headers))

@@ -45,6 +45,19 @@ def openai_error(status: int, message: str, param: str | None = None) -> web.Res
                    "code": None}}))
 
 
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; anything else is OpenAI's 400, as upstream answers it."""
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(content_type="application/json", body=orjson.dumps(
+            {"error": {"message": "We could not parse the JSON body of your request.",
+                       "type": "invalid_request_error", "param": None, "code": None}}))
+    return body
+
+
 def unit_vector(model: str, text: str, dimensions: int) -> list[float]:
     """A deterministic unit vector for `text` under `model`."""
     values: list[float] = []
@@ -111,7 +124,7 @@ class FakeAPI:
 
     async def embeddings(self, request: web.Request) -> web.Response:
         """`POST /v1/embeddings`."""
-        body = orjson.loads(await request.read())
+        body = await json_body(request)
         model = str(body.get("model") or "")
         failure = await self.fake.fault_reply(self.fake.take_fault(model))
         if failure is not None:
@@ -122,6 +135,9 @@ class FakeAPI:
         items = value if isinstance(value, list) and not all(
             isinstance(i, int) for i in value) else [value]
         dimensions = body.get("dimensions") or EMBEDDING_DIMENSIONS.get(model, 1536)
+        if type(dimensions) is not int or not 1 <= dimensions <= 3072:
+            return openai_error(400, "'dimensions' must be an integer from 1 to 3072",
+                                "dimensions")
         data, used = [], 0
         for index, item in enumerate(items):
             text = item if isinstance(item, str) else " ".join(map(str, item))
@@ -137,11 +153,11 @@ class FakeAPI:
     async def responses(self, request: web.Request) -> web.Response:
         """`POST /v1/responses` (non-streamed): what the proxy forwards when a request needs
         the upstream's own state (hosted tools, background, conversations)."""
-        return web.json_response(fake_response(orjson.loads(await request.read())))
+        return web.json_response(fake_response(await json_body(request)))
 
     async def moderations(self, request: web.Request) -> web.Response:
         """`POST /v1/moderations`."""
-        body = orjson.loads(await request.read())
+        body = await json_body(request)
         value = body.get("input")
         results = []
         for text in value if isinstance(value, list) else [value]:
@@ -215,7 +231,7 @@ class FakeAPI:
 
     async def create_batch(self, request: web.Request) -> web.Response:
         """`POST /v1/batches`: runs every line of the input file at once."""
-        body = orjson.loads(await request.read())
+        body = await json_body(request)
         found = self._file(str(body.get("input_file_id")))
         if found is None:
             return openai_error(400, f"No such File object: {body.get('input_file_id')}",
@@ -285,7 +301,7 @@ class FakeAPI:
 
     async def speech(self, request: web.Request) -> web.StreamResponse:
         """`POST /v1/audio/speech`: the pieces of `speech_pieces(input)`, streamed."""
-        body = orjson.loads(await request.read())
+        body = await json_body(request)
         fault = self.fake.take_fault(str(body.get("model") or ""))
         failure = await self.fake.fault_reply(fault)
         if failure is not None:
