@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from proxy.embed_backends import BACKENDS
+
 T = TypeVar("T")
 
 BUDGET_PERIODS = ("day", "week", "month", "total")
@@ -211,6 +213,7 @@ class Config:
     alerts_daily_usd: tuple[float, ...] = ()
     keys_sync_seconds: float = 2.0
     metrics_public: bool = False
+    embedding_backend: str = "auto"
 
     def upstream(self, name: str) -> UpstreamConfig:
         """The upstream called `name`."""
@@ -303,7 +306,7 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
     """Validate a parsed config.toml."""
     root = Section(doc, path, "")
     root.reject_unknown({"server", "upstreams", "fallbacks", "keys", "admin", "storage",
-                         "pricing", "alerts"})
+                         "pricing", "alerts", "embedding"})
     srv = root.sub("server")
     srv.reject_unknown({"host", "port", "workers", "max_body_bytes", "body_timeout_seconds",
                         "rules", "rules_poll_seconds", "timezone"})
@@ -358,6 +361,8 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
         prices[model] = (*spec, cached)
     alerts = root.sub("alerts")
     alerts.reject_unknown({"webhook_url", "daily_spend_usd"})
+    embedding = root.sub("embedding")
+    embedding.reject_unknown({"backend"})
     return Config(
         path=path,
         server=server,
@@ -372,6 +377,7 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
         alerts_daily_usd=_thresholds(alerts, "daily_spend_usd"),
         keys_sync_seconds=admin.float("keys_sync_seconds", 2.0, minimum=0.05),
         metrics_public=admin.bool("metrics_public", False),
+        embedding_backend=embedding.choice("backend", ("auto", *BACKENDS), "auto"),
     )
 
 

@@ -149,7 +149,8 @@ class ContextClassifier:
         self.fitted = Once(self._fit)
 
     async def _fit(self) -> FittedClassifier:
-        key = (tuple(self.examples), self.max_dependent_rate, self.embedder.dtype)
+        await self.embedder.wait_ready()
+        key = (tuple(self.examples), self.max_dependent_rate, self.embedder.variant)
         fitted = _FITTED.get(key)
         if fitted is not None:
             return fitted
@@ -244,7 +245,8 @@ def analyzer_of(services: Services) -> MessageAnalyzer:
         return current
     embedder = services.state.get("embedder")
     if embedder is None:
-        embedder = services.state["embedder"] = Embedder()
+        embedder = services.state["embedder"] = Embedder(
+            backend=services.config.embedding_backend)
     classifier = ContextClassifier(embedder, [*packaged_examples(), *rules.examples],
                                    rules.max_dependent_rate)
     analyzer = services.state["analyzer"] = MessageAnalyzer(embedder, classifier)
