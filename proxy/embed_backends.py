@@ -35,6 +35,9 @@ AUTO_ORDER = ("onnx", "numpy", "torch")
 TORCH_SUB_BATCH = {"float32": 8, "bfloat16": 32}
 ONNX_SUB_BATCH = 16
 MAX_TOKENS = 256  # sentence_bert_config.json's max_seq_length
+# padded tokens per forward pass: 16 texts of 64 tokens, or 4 of 256 (the attention
+# scores of 16 x 256 tokens alone take 50 MB, which the ONNX arena then keeps)
+BATCH_TOKENS = 1024
 
 
 class Backend(Protocol):
@@ -131,14 +134,22 @@ def load_tokenizer(model_path: str | Path) -> Any:
 
 def length_sorted_batches(tokenizer: Any, texts: list[str],
                           size: int) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
-    """Texts tokenized, sorted by length and cut into padded batches of at most `size`:
-    (the texts' positions, token ids, attention mask) each."""
+    """Texts tokenized, sorted by length and cut into padded batches of at most `size`
+    texts and BATCH_TOKENS padded tokens (long texts go in small batches: attention's
+    memory grows with the square of the length): (the texts' positions, token ids,
+    attention mask) each."""
     ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=True)]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    groups: list[list[int]] = []
+    for i in order:  # ascending: the text being added is the longest of its group
+        if groups and len(groups[-1]) < size and \
+                (len(groups[-1]) + 1) * len(ids[i]) <= BATCH_TOKENS:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
     batches = []
-    for start in range(0, len(order), size):
-        rows = order[start:start + size]
-        longest = max(len(ids[i]) for i in rows)
+    for rows in groups:
+        longest = len(ids[rows[-1]])
         tokens = np.zeros((len(rows), longest), dtype=np.int64)
         mask = np.zeros((len(rows), longest), dtype=np.int64)
         for row, i in enumerate(rows):
