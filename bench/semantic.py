@@ -27,7 +27,8 @@ import orjson
 from common import data_file
 
 from proxy.auth import Tenant
-from proxy.embed import DIMENSIONS, Embedder, embed_dtype, torch_threads
+from proxy.embed import DIMENSIONS, Embedder, backend_choice
+from proxy.embed_backends import embed_dtype, embed_threads
 from proxy.pipeline.core import Context, Reply, Usage
 from proxy.pipeline.pair_model import PairModel, packaged_pairs
 from proxy.pipeline.paraphrase import clean_text
@@ -83,7 +84,8 @@ async def latency(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), queries: in
     """Search, embed and lookup latency, and lookups/s under concurrency."""
     rng = np.random.default_rng(7)
     result: dict[str, Any] = {"load_average_at_start": os.getloadavg(),
-                              "torch_threads": torch_threads(), "embed_dtype": embed_dtype(),
+                              "embed_threads": embed_threads(), "embed_dtype": embed_dtype(),
+                              "embed_backend": backend_choice(),
                               "ann_min_rows": ANN_MIN_ROWS,
                               "search_p50_ms": {}, "brute_force_search_p50_ms": {}}
     index = VectorIndex()

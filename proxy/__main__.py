@@ -1,4 +1,4 @@
-"""Command line: serve, demo, check, hash-key, stats, export."""
+"""Command line: serve, demo, check, hash-key, stats, export, build-embedder."""
 
 from __future__ import annotations
 
@@ -188,6 +188,16 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_embedder(force: bool) -> int:
+    """`build-embedder`: write the ONNX embedders into the cache directory."""
+    from proxy.embed import default_model_path
+    from proxy.embed_export import build
+
+    for path in build(default_model_path(), force):
+        print(f"{path} ({path.stat().st_size / 1e6:.0f} MB)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m proxy`."""
     parser = argparse.ArgumentParser(prog="python -m proxy",
@@ -223,12 +233,17 @@ def main(argv: list[str] | None = None) -> int:
     _add_window_args(p_export)
     p_export.add_argument("--format", required=True, choices=("openai-jsonl", "csv"))
     p_export.add_argument("--out", default=None, help="file to write (default: stdout)")
+    p_build = sub.add_parser("build-embedder",
+                             help="export the packaged embedding model to ONNX (float32, int8)")
+    p_build.add_argument("--force", action="store_true", help="rebuild files that exist")
     args = parser.parse_args(argv)
     setup_logging(request_lines=args.command in ("serve", "demo"))
     if args.command in ("stats", "export"):
         return _run_report(args)
     if args.command == "check":
         return check(args.config, args.rules)
+    if args.command == "build-embedder":
+        return build_embedder(args.force)
     if args.command == "hash-key":
         print(hash_key(args.key))
         return 0

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+from proxy.embed_backends import BACKENDS
+
 T = TypeVar("T")
 
 BUDGET_PERIODS = ("day", "week", "month", "total")
@@ -259,6 +261,7 @@ class Config:
     keys_sync_seconds: float = 2.0
     metrics_public: bool = False
     batches: BatchesConfig = field(default_factory=BatchesConfig)
+    embedding_backend: str = "auto"
 
     def upstream(self, name: str) -> UpstreamConfig:
         """The upstream called `name`."""
@@ -353,7 +356,7 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
     """Validate a parsed config.toml."""
     root = Section(doc, path, "")
     root.reject_unknown({"server", "upstreams", "fallbacks", "keys", "admin", "storage",
-                         "pricing", "alerts", "batches"})
+                         "pricing", "alerts", "batches", "embedding"})
     srv = root.sub("server")
     srv.reject_unknown({"host", "port", "workers", "max_body_bytes", "body_timeout_seconds",
                         "rules", "rules_poll_seconds", "timezone"})
@@ -408,6 +411,8 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
         prices[model] = (given, made, cached)
     alerts = root.sub("alerts")
     alerts.reject_unknown({"webhook_url", "daily_spend_usd"})
+    embedding = root.sub("embedding")
+    embedding.reject_unknown({"backend"})
     return Config(
         path=path,
         server=server,
@@ -423,6 +428,7 @@ def parse_config(doc: Mapping[str, Any], path: str = "config.toml") -> Config:
         keys_sync_seconds=admin.float("keys_sync_seconds", 2.0, minimum=0.05),
         metrics_public=admin.bool("metrics_public", False),
         batches=_parse_batches(root.sub("batches")),
+        embedding_backend=embedding.choice("backend", ("auto", *BACKENDS), "auto"),
     )
 
 

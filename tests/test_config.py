@@ -33,6 +33,8 @@ SHA = "a" * 64
     ({"upstreams": UP, "pricing": {"models": {"m": {"input": 1, "output": 2,
                                                     "cached_input": 1.5}}}},
      "[pricing.models.m] cached_input: must be <= input (1), got 1.5"),
+    ({"upstreams": UP, "embedding": {"backend": "tensorflow"}},
+     "[embedding] backend: expected one of"),
     ({"upstreams": UP, "pricing": {"default_cached_input": 3}},
      "[pricing] default_cached_input: must be <= default_input (2.5), got 3"),
 ])
@@ -49,6 +51,12 @@ def test_valid_config_parses_with_defaults() -> None:
     assert config.keys[0].namespace == "k" and config.keys[0].rpm == 5
     assert config.fallbacks["gpt-4o"] == (("a", "gpt-4o-mini"),)
     assert config.server.port == 8080 and config.storage.backend == "sqlite"
+
+
+def test_the_embedding_backend_defaults_to_auto() -> None:
+    assert parse_config({"upstreams": UP}).embedding_backend == "auto"
+    doc = {"upstreams": UP, "embedding": {"backend": "numpy"}}
+    assert parse_config(doc).embedding_backend == "numpy"
 
 
 def test_pricing_models_take_a_cached_input_rate_defaulting_to_input() -> None:

@@ -183,8 +183,9 @@ class PairModel:
         return self.fitted.done is not None
 
     async def _fit(self) -> FittedVerifier:
+        await self.embedder.wait_ready()
         key = (tuple(self.pairs), self.candidate_threshold, self.max_wrong_rate,
-               self.embedder.dtype)
+               self.embedder.variant)
         fitted = _FITTED.get(key)
         if fitted is not None:
             return fitted

@@ -141,7 +141,8 @@ class ContextClassifier:
         self.fitted = Once(self._fit)
 
     async def _fit(self) -> FittedClassifier:
-        key = (tuple(self.examples), self.max_dependent_rate, self.embedder.dtype)
+        await self.embedder.wait_ready()
+        key = (tuple(self.examples), self.max_dependent_rate, self.embedder.variant)
         fitted = _FITTED.get(key)
         if fitted is not None:
             return fitted
@@ -230,7 +231,8 @@ def analyzer_of(resources: Resources) -> MessageAnalyzer:
     current = resources.kept.get(ANALYZER)
     if current is not None and resources.kept.get(ANALYZER_RULES) == rules:
         return current
-    embedder = resources.kept.setdefault(EMBEDDER, Embedder)
+    embedder = resources.kept.setdefault(
+        EMBEDDER, lambda: Embedder(backend=resources.config.embedding_backend))
     classifier = ContextClassifier(embedder, [*packaged_examples(), *rules.examples],
                                    rules.max_dependent_rate)
     analyzer = resources.kept.replace(ANALYZER, MessageAnalyzer(embedder, classifier))
