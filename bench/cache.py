@@ -35,8 +35,8 @@ import orjson
 import redis.asyncio
 import semantic  # noqa: E402  (bench/semantic.py)
 
-from proxy.pipeline.exact_cache import exact_entries, request_key
 from proxy.pipeline.replies import make_completion
+from proxy.pipeline.stages.exact_cache import exact_entries, request_key
 from proxy.store.cache_entries import CacheEntries
 from proxy.store.kv import KVStore, SqliteKV
 from proxy.store.redis_kv import RedisKV

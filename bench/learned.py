@@ -6,11 +6,11 @@ Three models, each fitted only on what ships in `proxy/data/examples/` (the "tun
 data; its figures are out-of-fold, i.e. every example scored by a model fitted
 without it):
 
-- context classifier (`proxy/pipeline/standalone.py`): may a message's answer be
+- context classifier (`proxy/pipeline/semantic/standalone.py`): may a message's answer be
   reused for another conversation? The error that matters is a non-standalone
   message admitted (a wrong answer); the other is a standalone question refused
   (a missed saving).
-- pair verifier (`proxy/pipeline/pair_model.py`): among candidate pairs above the
+- pair verifier (`proxy/pipeline/semantic/pair_model.py`): among candidate pairs above the
   similarity threshold, the share of hits that are wrong and the recall.
 - router (`route` rules with `examples`): share of strong-model messages sent to
   the strong model, and of cheap ones kept cheap.
@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from proxy.embed import Embedder
-from proxy.pipeline.pair_model import PairModel, packaged_pairs, pair_features
-from proxy.pipeline.paraphrase import clean_text
-from proxy.pipeline.route_examples import ExampleRouter, packaged_route_examples
-from proxy.pipeline.standalone import (
+from proxy.pipeline.semantic.pair_model import PairModel, packaged_pairs, pair_features
+from proxy.pipeline.semantic.paraphrase import clean_text
+from proxy.pipeline.semantic.route_examples import ExampleRouter, packaged_route_examples
+from proxy.pipeline.semantic.standalone import (
     STANDALONE,
     ContextClassifier,
     packaged_examples,

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from proxy.auth import Tenant
 from proxy.config import KeyConfig
 from proxy.periods import current_period
-from proxy.pipeline import admission, budget
 from proxy.pipeline.core import Context, Pipeline, Reply, Usage
+from proxy.pipeline.stages import admission, budget
 from proxy.pricing import PriceTable
 from proxy.store.limits import Ask, Limits, LimitStore
 from proxy.store.limits_local import LocalLimits

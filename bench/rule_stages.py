@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxy import tokens
 from proxy.config import load_rules_doc
-from proxy.pipeline import patterns, route
 from proxy.pipeline.core import Context, Next, Reply
+from proxy.pipeline.stages import patterns, route
 from proxy.testing import make_context, upstream_stub
 
 HISTORY = [{"role": "system", "content": "You are a habit coach."}] + [

@@ -38,7 +38,7 @@ from common import data_file  # noqa: E402  (bench/common.py)
 
 from proxy import tokens  # noqa: E402
 from proxy.observe.stats import is_cheap  # noqa: E402
-from proxy.pipeline.standalone import packaged_rows  # noqa: E402
+from proxy.pipeline.semantic.standalone import packaged_rows  # noqa: E402
 from proxy.pricing import PriceTable  # noqa: E402
 from proxy.testing import LiveProxy  # noqa: E402
 

@@ -28,19 +28,20 @@ from common import data_file
 
 from proxy.auth import Tenant
 from proxy.embed import DIMENSIONS, Embedder, backend_choice
-from proxy.embed_backends import embed_dtype, embed_threads
+from proxy.embed_backends import embed_dtype
+from proxy.embed_inputs import embed_threads
 from proxy.pipeline.core import Context, Reply, Usage
-from proxy.pipeline.pair_model import PairModel, packaged_pairs
-from proxy.pipeline.paraphrase import clean_text
 from proxy.pipeline.replies import make_completion
-from proxy.pipeline.semantic_cache import Rules, SemanticCache
-from proxy.pipeline.semantic_index import (
+from proxy.pipeline.semantic.index import (
     ANN_MIN_ROWS,
     INLINE_SEARCH_ROWS,
     SemanticEntries,
     VectorIndex,
 )
-from proxy.pipeline.standalone import ContextClassifier, MessageAnalyzer, packaged_examples
+from proxy.pipeline.semantic.pair_model import PairModel, packaged_pairs
+from proxy.pipeline.semantic.paraphrase import clean_text
+from proxy.pipeline.semantic.standalone import ContextClassifier, MessageAnalyzer, packaged_examples
+from proxy.pipeline.stages.semantic_cache import Rules, SemanticCache
 from proxy.store.kv import SqliteKV
 from proxy.store.sqlite import open_db
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from soak import KEY, Tally, send_load
 
 from proxy.config import hash_key
-from proxy.pipeline.semantic_cache import ENTRIES as SEMANTIC_ENTRIES
+from proxy.pipeline.stages.semantic_cache import ENTRIES as SEMANTIC_ENTRIES
 from proxy.testing import LiveProxy
 
 ROOT = Path(__file__).resolve().parent.parent

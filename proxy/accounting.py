@@ -21,7 +21,7 @@ It also notes what the recommendations need: a hash of the last user message
 the tools the answer called, and the time spent on the upstream.
 
 Pass-through requests (`passthrough_entry`) are billed what their answer's usage says,
-priced where it was read (`proxy.pipeline.passthrough_usage`). A batch line the proxy
+priced where it was read (`proxy.pipeline.passthrough.usage`). A batch line the proxy
 answered itself (`batch_line_entry`) costs nothing and saved its answer at the batch price.
 """
 

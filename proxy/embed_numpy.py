@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from proxy.embed_backends import embed_threads, length_sorted_batches, load_tokenizer
+from proxy.embed_inputs import embed_threads, length_sorted_batches, load_tokenizer
 
 SUB_BATCH = 16  # texts per padded forward pass (sorted by length, so little padding)
 

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from proxy.api.request_keys import tenant_of
 from proxy.errors import PermissionDenied
-from proxy.pipeline.exact_cache import exact_entries
+from proxy.pipeline.stages.exact_cache import exact_entries
 from proxy.resources import RESOURCES
 
 

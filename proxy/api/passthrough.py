@@ -4,7 +4,7 @@
 the body when they already read it). The key was resolved by the auth middleware; a
 JSON body that names a `model` must name one of the key's `allowed_models` (403 as
 for chat). The request then goes through the pass-through chain (the pipeline's
-admission, the exact cache for embeddings, the budget: proxy/pipeline/passthrough.py)
+admission, the exact cache for embeddings, the budget: proxy/pipeline/passthrough/chain.py)
 to the upstream serving the body's model, or the first upstream when it names none.
 JSON bodies are read (within `server.max_body_bytes`); any other body (file uploads,
 audio) is streamed up as it arrives, and the answer comes back chunk by chunk with
@@ -29,8 +29,8 @@ from proxy.api.request_keys import request_id, tenant_of
 from proxy.api.streaming import send_stream
 from proxy.errors import NotFound, ProxyError
 from proxy.pipeline.core import Context, Next, Reply
-from proxy.pipeline.passthrough import passthrough_chain
-from proxy.pipeline.passthrough_usage import tap_usage
+from proxy.pipeline.passthrough.chain import passthrough_chain
+from proxy.pipeline.passthrough.usage import tap_usage
 from proxy.pipeline.registry import PIPELINE
 from proxy.resources import RESOURCES, Resources
 from proxy.upstream import forward as upstream_forward

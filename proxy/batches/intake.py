@@ -41,7 +41,7 @@ from proxy.batches.upstream import UpstreamBatches
 from proxy.batches.view import answered_batch, combined_upstream, merged_batch
 from proxy.errors import InvalidRequest, ProxyError
 from proxy.pipeline.core import Bill, Context, Pipeline
-from proxy.pipeline.passthrough_usage import bill_for, total_bill, usage_of
+from proxy.pipeline.passthrough.usage import bill_for, total_bill, usage_of
 from proxy.resources import Resources
 
 LOOKUPS_AT_ONCE = 16  # lines looked up concurrently (the embedder batches them)

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from proxy.pipeline.passthrough_usage import BATCH_MARK_SECONDS
+from proxy.pipeline.passthrough.usage import BATCH_MARK_SECONDS
 from proxy.store.kv import KVStore
 
 NAMESPACE = "batches:"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.batches.store import OUTPUT, BatchRecord
-from proxy.pipeline.passthrough_usage import BATCH_FINISHED
+from proxy.pipeline.passthrough.usage import BATCH_FINISHED
 
 DAY_SECONDS = 86_400
 UNFINISHED_ORDER = ("validating", "in_progress", "finalizing")  # a combined batch is as far

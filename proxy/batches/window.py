@@ -32,7 +32,7 @@ from proxy.batches.lines import find_line, jsonl
 from proxy.batches.lookup import FREE_STAGES, chain_of, free_chain
 from proxy.batches.store import ERRORS, OUTPUT
 from proxy.pipeline.core import Bill, Context, Next, Pipeline, Reply
-from proxy.pipeline.passthrough_usage import BATCH_FINISHED
+from proxy.pipeline.passthrough.usage import BATCH_FINISHED
 from proxy.pipeline.registry import PipelineHolder
 from proxy.resources import Resources
 

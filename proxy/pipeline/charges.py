@@ -22,9 +22,9 @@ from typing import Any
 from proxy.alerts import AlertSender
 from proxy.config import KeyConfig
 from proxy.errors import QuotaExceeded, RateLimited
-from proxy.pipeline.budget import Budget
-from proxy.pipeline.budget import Rules as BudgetRules
 from proxy.pipeline.core import Context, Usage
+from proxy.pipeline.stages.budget import Budget
+from proxy.pipeline.stages.budget import Rules as BudgetRules
 from proxy.pricing import PriceTable
 from proxy.resources import Resources
 from proxy.store.ledger import LedgerEntry

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from proxy.config import ConfigError, RulesDoc, load_rules_doc
 from proxy.pipeline.core import Next, Pipeline, Stage
-from proxy.pipeline.standalone import CONTEXT_RULES, parse_context_rules
+from proxy.pipeline.semantic.standalone import CONTEXT_RULES, parse_context_rules
 
 if TYPE_CHECKING:
     from proxy.resources import Resources
@@ -29,14 +29,14 @@ log = logging.getLogger("proxy.rules")
 READY_PATIENCE_SECONDS = 600.0  # longest a reload waits for its models before going in force
 
 STAGE_MODULES: dict[str, str] = {
-    "patterns": "proxy.pipeline.patterns",
-    "exact_cache": "proxy.pipeline.exact_cache",
-    "semantic_cache": "proxy.pipeline.semantic_cache",
-    "route": "proxy.pipeline.route",
-    "tools": "proxy.pipeline.tools",
-    "trim": "proxy.pipeline.trim",
-    "admission": "proxy.pipeline.admission",
-    "budget": "proxy.pipeline.budget",
+    "patterns": "proxy.pipeline.stages.patterns",
+    "exact_cache": "proxy.pipeline.stages.exact_cache",
+    "semantic_cache": "proxy.pipeline.stages.semantic_cache",
+    "route": "proxy.pipeline.stages.route",
+    "tools": "proxy.pipeline.stages.tools",
+    "trim": "proxy.pipeline.stages.trim",
+    "admission": "proxy.pipeline.stages.admission",
+    "budget": "proxy.pipeline.stages.budget",
 }
 
 

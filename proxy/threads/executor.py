@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -21,13 +21,11 @@ from proxy.pipeline.core import Context, Reply
 from proxy.pipeline.dispatch import dispatch, record
 from proxy.pipeline.replies import StreamAssembler
 from proxy.threads.events import RunEvents, tool_calls_delta
+from proxy.threads.host import TurnHost
 from proxy.threads.objects import add_usage, now, step_object, usage_object
 from proxy.threads.output import MessageOutput
 from proxy.threads.prompt import build_chat_request
 from proxy.upstream.sse import event_data, split_events
-
-if TYPE_CHECKING:
-    from proxy.threads.runtime import ThreadsRuntime
 
 log = logging.getLogger("proxy.threads")
 
@@ -57,7 +55,7 @@ def _error_message(reply: Reply) -> str:
 class RunTurn:
     """Executes the next turn of one run (in a background task)."""
 
-    def __init__(self, runtime: ThreadsRuntime, tenant: Tenant, run: dict[str, Any],
+    def __init__(self, runtime: TurnHost, tenant: Tenant, run: dict[str, Any],
                  events: RunEvents | None, request_id: str, headers: Mapping[str, str]) -> None:
         self.runtime = runtime
         self.store = runtime.store

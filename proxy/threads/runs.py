@@ -9,22 +9,20 @@ by the store's thread lock so it holds across replicas.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from proxy.auth import Tenant
 from proxy.errors import InvalidRequest, PermissionDenied
 from proxy.threads import params
 from proxy.threads.events import RunEvents
+from proxy.threads.host import TurnHost
 from proxy.threads.objects import ACTIVE_RUN_STATUSES, RUN_TTL_SECONDS, now, public, run_object
-
-if TYPE_CHECKING:
-    from proxy.threads.runtime import ThreadsRuntime
 
 
 class Runs:
     """Starts, continues, stops and reports runs."""
 
-    def __init__(self, runtime: ThreadsRuntime) -> None:
+    def __init__(self, runtime: TurnHost) -> None:
         self.runtime = runtime
         self.store = runtime.store
         self.records = runtime.records

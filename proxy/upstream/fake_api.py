@@ -27,7 +27,7 @@ from aiohttp import BodyPartReader, web
 
 from proxy import tokens
 from proxy.pipeline.core import Usage
-from proxy.pipeline.passthrough_usage import usage_of
+from proxy.pipeline.passthrough.usage import usage_of
 
 if TYPE_CHECKING:
     from proxy.upstream.fake import FakeUpstream

@@ -1,4 +1,4 @@
-"""Client faults the disconnect tests (tests/test_abandoned_streams.py: billing, the slot,
+"""Client faults the disconnect tests (tests/e2e/test_abandoned_streams.py: billing, the slot,
 the budget; tests/test_exact_cache_e2e.py and test_semantic_cache.py: nothing stored) do
 not cover: a client that leaves before the first byte, and a client that reads slowly."""
 

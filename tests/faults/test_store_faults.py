@@ -1,7 +1,7 @@
 """Store faults: a full disk or a locked sqlite database, a stalled or stopped Redis.
 Requests keep being answered under the documented policy, no 500, and once the fault
 clears the ledger has every row and the shared state holds nothing the fault left behind
-(tests/test_redis_outage.py covers the rpm window and spend across a Redis restart)."""
+(tests/e2e/test_redis_outage.py covers the rpm window and spend across a Redis restart)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,2 @@
+"""The chain every other /v1 path goes through: limits, budget, usage
+and the embeddings cache."""

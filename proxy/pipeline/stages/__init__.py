@@ -1,0 +1,1 @@
+"""The stages a rule file's `pipeline` names, one module each."""
