@@ -188,14 +188,38 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_embedder(force: bool) -> int:
-    """`build-embedder`: write the ONNX embedders into the cache directory."""
+def build_embedder(force: bool, rules: str | None) -> int:
+    """`build-embedder`: write the ONNX embedders into the cache directory, then fit the
+    models `rules` use (classifier, pair verifier; none without rules) into the fit cache,
+    so that a proxy's first start loads them instead of fitting for a minute."""
     from proxy.embed import default_model_path
     from proxy.embed_export import build
+    from proxy.fit_cache import cache_dir
 
     for path in build(default_model_path(), force):
         print(f"{path} ({path.stat().st_size / 1e6:.0f} MB)")
+    if rules is not None:
+        asyncio.run(_fit_models(rules))
+        print(f"models for {rules} fitted into {cache_dir()}")
     return 0
+
+
+async def _fit_models(rules: str) -> None:
+    """Build the pipeline of `rules` (nothing served, no upstream) until its models are
+    fitted: the same code path a serving proxy takes, which stores them in the fit cache."""
+    from proxy.demo import demo_config
+    from proxy.pipeline.core import Context, Reply
+    from proxy.pipeline.registry import PipelineHolder
+    from proxy.resources import open_resources
+
+    async def no_upstream(ctx: Context) -> Reply:
+        raise RuntimeError("build-embedder sends no request")
+
+    config = demo_config("http://127.0.0.1:9", 0, ":memory:", "0" * 64, "1" * 64)
+    async with open_resources(config) as resources:
+        PipelineHolder(rules, resources, no_upstream)
+        while resources.kept.loading():
+            await asyncio.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,8 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument("--format", required=True, choices=("openai-jsonl", "csv"))
     p_export.add_argument("--out", default=None, help="file to write (default: stdout)")
     p_build = sub.add_parser("build-embedder",
-                             help="export the packaged embedding model to ONNX (float32, int8)")
+                             help="export the packaged embedding model to ONNX (float32, int8) and "
+                                  "fit the rules' models")
     p_build.add_argument("--force", action="store_true", help="rebuild files that exist")
+    p_build.add_argument("--embedder-only", action="store_true",
+                         help="export the embedders, fit no models")
+    p_build.add_argument("--rules", default=DEFAULT_RULES,
+                         help="the rule file whose models to fit (default: the shipped one)")
     args = parser.parse_args(argv)
     setup_logging(request_lines=args.command in ("serve", "demo"))
     if args.command in ("stats", "export"):
@@ -243,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return check(args.config, args.rules)
     if args.command == "build-embedder":
-        return build_embedder(args.force)
+        return build_embedder(args.force, None if args.embedder_only else args.rules)
     if args.command == "hash-key":
         print(hash_key(args.key))
         return 0

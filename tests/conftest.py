@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# fitted models go to a directory of this run (tests write only to temporary places);
+# proxies the tests start as processes inherit it
+os.environ["PROXY_FIT_CACHE"] = tempfile.mkdtemp(prefix="proxy-fitted-")
 
 from proxy.testing import (  # noqa: E402
     REDIS_URL,

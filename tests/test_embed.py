@@ -124,7 +124,7 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("embedder")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PROXY_EMBED_CACHE", str(cache))
-        assert main(["build-embedder"]) == 0
+        assert main(["build-embedder", "--embedder-only"]) == 0
     return cache
 
 

@@ -21,11 +21,12 @@ import importlib.resources
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from proxy import fit_cache
 from proxy.embed import Embedder
 from proxy.learn import Forest, Once, calibrate, fit_forest, forest_out_of_fold
 from proxy.pipeline.semantic.paraphrase import (
@@ -154,6 +155,20 @@ class FittedVerifier:
     oof_wrong_rate: float
     oof_recall: float
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fit as arrays (`fit_cache.save`)."""
+        m = self.model
+        return {"feature": m.feature, "split": m.threshold, "left": m.left, "right": m.right,
+                "positive": m.positive,
+                "calibration": np.array([self.threshold, self.oof_wrong_rate, self.oof_recall])}
+
+    @classmethod
+    def from_arrays(cls, a: Mapping[str, np.ndarray]) -> FittedVerifier:
+        """The fit `to_arrays` stored."""
+        threshold, wrong, recall = (float(v) for v in a["calibration"])
+        return cls(Forest(a["feature"], a["split"], a["left"], a["right"], a["positive"]),
+                   threshold, wrong, recall)
+
 
 def fit_verifier(x: np.ndarray, same: np.ndarray, similarity: np.ndarray,
                  written: np.ndarray, candidate_threshold: float,
@@ -195,6 +210,11 @@ class PairModel:
         fitted = _FITTED.get(key)
         if fitted is not None:
             return fitted
+        disk_key = fit_cache.fit_key("pair-verifier", *key)
+        stored = await asyncio.to_thread(fit_cache.load, disk_key)
+        if stored is not None:
+            fitted = _FITTED[key] = FittedVerifier.from_arrays(stored)
+            return fitted
         a = [clean_text(p.a) for p in self.pairs]
         b = [clean_text(p.b) for p in self.pairs]
         found = await self.embedder.embed_cached(a + b)
@@ -206,6 +226,7 @@ class PairModel:
         fitted = _FITTED[key] = await asyncio.to_thread(
             fit_verifier, x, same, similarity, written, self.candidate_threshold,
             self.max_wrong_rate)
+        await asyncio.to_thread(fit_cache.save, disk_key, fitted.to_arrays())
         log.info("pair verifier: %d pairs, p(same) >= %.3f (out-of-fold wrong %.3f, "
                  "recall %.3f)", len(same), fitted.threshold, fitted.oof_wrong_rate,
                  fitted.oof_recall)

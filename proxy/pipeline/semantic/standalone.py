@@ -25,12 +25,13 @@ import asyncio
 import importlib.resources
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from proxy import fit_cache
 from proxy.config import Section
 from proxy.embed import Embedder
 from proxy.kept import KeptKey
@@ -109,6 +110,21 @@ class FittedClassifier:
     oof_precision: float
     oof_recall: float
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fit as arrays (`fit_cache.save`)."""
+        m = self.model
+        return {"weights": m.weights, "mean": m.mean, "scale": m.scale,
+                "classes": np.array(m.classes),
+                "calibration": np.array([self.threshold, self.oof_precision, self.oof_recall])}
+
+    @classmethod
+    def from_arrays(cls, a: Mapping[str, np.ndarray]) -> FittedClassifier:
+        """The fit `to_arrays` stored."""
+        threshold, precision, recall = (float(v) for v in a["calibration"])
+        model = LinearModel(a["weights"], a["mean"], a["scale"],
+                            tuple(str(c) for c in a["classes"]))
+        return cls(model, threshold, precision, recall)
+
 
 def fit_classifier(x: np.ndarray, labels: Sequence[str],
                    max_dependent_rate: float) -> FittedClassifier:
@@ -146,12 +162,18 @@ class ContextClassifier:
         fitted = _FITTED.get(key)
         if fitted is not None:
             return fitted
+        disk_key = fit_cache.fit_key("context-classifier", *key)
+        stored = await asyncio.to_thread(fit_cache.load, disk_key)
+        if stored is not None:
+            fitted = _FITTED[key] = FittedClassifier.from_arrays(stored)
+            return fitted
         texts = [clean_text(e.text) for e in self.examples]
         found = await self.embedder.embed_cached(texts)
         vectors = np.stack([found[t] for t in texts])
         labels = [e.label for e in self.examples]
         fitted = _FITTED[key] = await asyncio.to_thread(
             fit_classifier, features(vectors, texts), labels, self.max_dependent_rate)
+        await asyncio.to_thread(fit_cache.save, disk_key, fitted.to_arrays())
         log.info("context classifier: %d examples, standalone threshold %.3f "
                  "(out-of-fold precision %.3f, recall %.3f)", len(labels),
                  fitted.threshold, fitted.oof_precision, fitted.oof_recall)
