@@ -29,7 +29,7 @@ started = time.perf_counter()
 import tempfile
 from pathlib import Path
 from proxy.testing import LiveProxy
-from proxy.pipeline.standalone import EMBEDDER
+from proxy.pipeline.semantic.standalone import EMBEDDER
 
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -25,8 +25,9 @@ import numpy as np
 log = logging.getLogger("proxy.learn")
 FORMAT = 1
 # the code a fitted model depends on: a change to any of them fits again
-CODE = ("proxy.learn", "proxy.pipeline.pair_model", "proxy.pipeline.standalone",
-        "proxy.pipeline.followup", "proxy.pipeline.paraphrase", "proxy.pipeline.text")
+CODE = ("proxy.learn", "proxy.pipeline.semantic.pair_model",
+        "proxy.pipeline.semantic.standalone", "proxy.pipeline.semantic.followup",
+        "proxy.pipeline.semantic.paraphrase", "proxy.pipeline.text")
 
 
 def cache_dir() -> Path:

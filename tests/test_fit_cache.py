@@ -13,9 +13,9 @@ import pytest
 
 from proxy import fit_cache
 from proxy.learn import fit, fit_forest
-from proxy.pipeline import pair_model, standalone
-from proxy.pipeline.pair_model import FittedVerifier
-from proxy.pipeline.standalone import CLASSES, FittedClassifier
+from proxy.pipeline.semantic import pair_model, standalone
+from proxy.pipeline.semantic.pair_model import FittedVerifier
+from proxy.pipeline.semantic.standalone import CLASSES, FittedClassifier
 from proxy.testing import LiveProxy
 
 RNG = np.random.default_rng(7)
