@@ -11,18 +11,20 @@ atomically. A missing, unreadable or unwritable cache only means fitting again.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.util
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 
 log = logging.getLogger("proxy.learn")
+F = TypeVar("F", bound="Storable")
 FORMAT = 1
 # the code a fitted model depends on: a change to any of them fits again
 CODE = ("proxy.learn", "proxy.pipeline.semantic.pair_model",
@@ -77,3 +79,28 @@ def save(key: str, arrays: Mapping[str, np.ndarray]) -> None:
         os.replace(temp, folder / f"{key}.npz")
     except OSError as exc:
         log.warning("could not keep the fitted model %s in %s: %s", key, folder, exc)
+
+
+class Storable(Protocol):
+    """A fit that can be kept as arrays."""
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fit as named arrays."""
+        ...
+
+
+async def fitted(kind: str, key: tuple[object, ...], memo: dict[tuple[object, ...], F],
+                 restore: Callable[[Mapping[str, np.ndarray]], F],
+                 fit: Callable[[], Awaitable[F]]) -> F:
+    """The fit of `kind` for `key`: this process's (`memo`), else the one kept on disk
+    (`restore`d), else a new one from `fit()`, kept in both."""
+    if key in memo:
+        return memo[key]
+    disk_key = fit_key(kind, *key)
+    stored = await asyncio.to_thread(load, disk_key)
+    if stored is not None:
+        memo[key] = restore(stored)
+        return memo[key]
+    made = memo[key] = await fit()
+    await asyncio.to_thread(save, disk_key, made.to_arrays())
+    return made

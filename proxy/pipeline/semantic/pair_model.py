@@ -207,14 +207,10 @@ class PairModel:
         await self.embedder.wait_ready()
         key = (tuple(self.pairs), self.candidate_threshold, self.max_wrong_rate,
                self.embedder.variant)
-        fitted = _FITTED.get(key)
-        if fitted is not None:
-            return fitted
-        disk_key = fit_cache.fit_key("pair-verifier", *key)
-        stored = await asyncio.to_thread(fit_cache.load, disk_key)
-        if stored is not None:
-            fitted = _FITTED[key] = FittedVerifier.from_arrays(stored)
-            return fitted
+        return await fit_cache.fitted("pair-verifier", key, _FITTED, FittedVerifier.from_arrays,
+                                      self._fit_now)
+
+    async def _fit_now(self) -> FittedVerifier:
         a = [clean_text(p.a) for p in self.pairs]
         b = [clean_text(p.b) for p in self.pairs]
         found = await self.embedder.embed_cached(a + b)
@@ -223,10 +219,9 @@ class PairModel:
         same = np.array([p.same for p in self.pairs])
         written = np.array([not p.augmented for p in self.pairs])
         similarity = np.einsum("ij,ij->i", va, vb)
-        fitted = _FITTED[key] = await asyncio.to_thread(
+        fitted = await asyncio.to_thread(
             fit_verifier, x, same, similarity, written, self.candidate_threshold,
             self.max_wrong_rate)
-        await asyncio.to_thread(fit_cache.save, disk_key, fitted.to_arrays())
         log.info("pair verifier: %d pairs, p(same) >= %.3f (out-of-fold wrong %.3f, "
                  "recall %.3f)", len(same), fitted.threshold, fitted.oof_wrong_rate,
                  fitted.oof_recall)

@@ -159,21 +159,16 @@ class ContextClassifier:
     async def _fit(self) -> FittedClassifier:
         await self.embedder.wait_ready()
         key = (tuple(self.examples), self.max_dependent_rate, self.embedder.variant)
-        fitted = _FITTED.get(key)
-        if fitted is not None:
-            return fitted
-        disk_key = fit_cache.fit_key("context-classifier", *key)
-        stored = await asyncio.to_thread(fit_cache.load, disk_key)
-        if stored is not None:
-            fitted = _FITTED[key] = FittedClassifier.from_arrays(stored)
-            return fitted
+        return await fit_cache.fitted("context-classifier", key, _FITTED,
+                                      FittedClassifier.from_arrays, self._fit_now)
+
+    async def _fit_now(self) -> FittedClassifier:
         texts = [clean_text(e.text) for e in self.examples]
         found = await self.embedder.embed_cached(texts)
         vectors = np.stack([found[t] for t in texts])
         labels = [e.label for e in self.examples]
-        fitted = _FITTED[key] = await asyncio.to_thread(
+        fitted = await asyncio.to_thread(
             fit_classifier, features(vectors, texts), labels, self.max_dependent_rate)
-        await asyncio.to_thread(fit_cache.save, disk_key, fitted.to_arrays())
         log.info("context classifier: %d examples, standalone threshold %.3f "
                  "(out-of-fold precision %.3f, recall %.3f)", len(labels),
                  fitted.threshold, fitted.oof_precision, fitted.oof_recall)
